@@ -1,0 +1,123 @@
+r"""Backend layer: the only module that imports :mod:`array_api_compat`.
+
+Every public function of the package infers the array namespace of its array arguments with
+:func:`namespace`, creates new arrays with explicit ``dtype=`` and ``device=`` and never moves data
+between devices.  The helpers here cover the few operations the array API standard spells out
+awkwardly (gathers along the last axis, float dtype choice, Python-bool reductions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace, device, is_array_api_obj
+
+__all__ = [
+    "Array",
+    "as_python_bool",
+    "device_of",
+    "float_dtype",
+    "gather_last",
+    "is_array",
+    "is_floating",
+    "is_numpy_namespace",
+    "is_torch_namespace",
+    "namespace",
+    "to_numpy",
+]
+
+#: Type alias for any array-API compatible array (numpy, torch, array-api-strict, ...).
+Array = Any
+
+
+def namespace(*arrays: Any) -> Any:
+    """Array namespace shared by ``arrays`` (``None`` entries and Python scalars are ignored).
+
+    Raises
+    ------
+    TypeError
+        If no argument is an array, or the arrays come from different libraries.
+    """
+    arrs = [a for a in arrays if a is not None and is_array_api_obj(a)]
+    if not arrs:
+        raise TypeError(
+            "expected at least one array (numpy, torch, array-api-strict, ...); got "
+            + ", ".join(type(a).__name__ for a in arrays)
+        )
+    return array_namespace(*arrs)
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is an array of an array-API compatible library."""
+    return bool(is_array_api_obj(x))
+
+
+def device_of(x: Array) -> Any:
+    """Device of ``x`` (``"cpu"`` for numpy)."""
+    return device(x)
+
+
+def is_floating(xp: Any, x: Array) -> bool:
+    """Whether ``x`` has a real floating dtype."""
+    return bool(xp.isdtype(x.dtype, "real floating"))
+
+
+def float_dtype(xp: Any, *arrays: Array) -> Any:
+    """Result float dtype for ``arrays``: their promoted real floating dtype.
+
+    Non-floating arguments are ignored; with none floating, the default float dtype of ``xp``
+    (float64 for numpy/torch-with-default) is returned.
+    """
+    dts = [a.dtype for a in arrays if a is not None and is_floating(xp, a)]
+    if not dts:
+        return xp.asarray(0.0).dtype
+    return xp.result_type(*dts)
+
+
+def float64_or_best(xp: Any, dev: Any) -> Any:
+    """float64 where the backend/device supports it, else float32."""
+    try:
+        xp.zeros((1,), dtype=xp.float64, device=dev)
+        return xp.float64
+    except (TypeError, RuntimeError, ValueError):  # pragma: no cover - e.g. torch MPS
+        return xp.float32
+
+
+def as_python_bool(x: Array) -> bool:
+    """Convert a 0-d boolean array into a Python bool (synchronises on accelerators)."""
+    return bool(x)
+
+
+def gather_last(xp: Any, x: Array, idx: Array) -> Array:
+    """``out[..., j] = x[..., idx[..., j]]`` (integer gather along the last axis).
+
+    ``x`` and ``idx`` must have the same number of dimensions; leading axes broadcast.
+    """
+    shape = tuple(
+        max(a, b) for a, b in zip(x.shape[:-1], idx.shape[:-1], strict=True)
+    )
+    x = xp.broadcast_to(x, (*shape, x.shape[-1]))
+    idx = xp.broadcast_to(idx, (*shape, idx.shape[-1]))
+    return xp.take_along_axis(x, idx, axis=-1)
+
+
+def is_numpy_namespace(xp: Any) -> bool:
+    """Whether ``xp`` is numpy (or array_api_compat's numpy wrapper)."""
+    return bool(array_api_compat.is_numpy_namespace(xp))
+
+
+def is_torch_namespace(xp: Any) -> bool:
+    """Whether ``xp`` is torch (or array_api_compat's torch wrapper)."""
+    return bool(array_api_compat.is_torch_namespace(xp))
+
+
+def to_numpy(x: Array) -> Any:
+    """Copy ``x`` to a numpy array on the host (used by tests and reporting, never in the core)."""
+    import numpy as np
+
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_numpy_array(x):
+        return x
+    return np.from_dlpack(x)

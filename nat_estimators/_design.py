@@ -1,0 +1,155 @@
+r"""The common interface of all sampling designs.
+
+A *design* is a probability law over subsets :math:`S` of the eligible tokens of every row of a
+batch.  Rows live on the leading axes, tokens on the last axis; the boolean ``mask`` marks the
+eligible positions (ragged batches, non-contiguous response masks).  Ineligible positions have
+inclusion probability 0 and are never sampled.
+
+Every design exposes the same five methods (DESIGN.md §3):
+
+* :meth:`Design.inclusion_probabilities` — :math:`\pi_k = P(k \in S)`, shape ``(..., N)``;
+* :meth:`Design.joint_inclusion_probabilities` — :math:`\pi_{kl} = P(k, l \in S)`, dense
+  ``(..., N, N)`` (meant for small ``N`` and tests);
+* :meth:`Design.sample` — a pure function of uniforms ``u`` of shape :attr:`Design.uniform_shape`;
+* :meth:`Design.draw` — the convenience path taking a numpy ``Generator``, ``torch.Generator``
+  or int seed;
+* :meth:`Design.expected_size` — :math:`E|S| = \sum_k \pi_k` per row.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from ._compat import Array, device_of, is_floating, namespace
+from .random import RNGLike, uniforms
+
+__all__ = ["Design"]
+
+
+class Design(abc.ABC):
+    """Abstract base class of the sampling designs (frozen values, keyword-only options)."""
+
+    mask: Array
+
+    # ------------------------------------------------------------------ array context
+    @property
+    def xp(self) -> Any:
+        """Array namespace of the design's arrays."""
+        return namespace(self.mask)
+
+    @property
+    def device(self) -> Any:
+        """Device of the design's arrays."""
+        return device_of(self.mask)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Shape of the leading (row) axes."""
+        return tuple(self.mask.shape[:-1])
+
+    @property
+    def num_units(self) -> int:
+        """Length ``N`` of the token axis (eligible or not)."""
+        return int(self.mask.shape[-1])
+
+    @property
+    def eligible(self) -> Array:
+        """Boolean ``(..., N)`` array of eligible positions."""
+        return self.mask
+
+    def eligible_count(self) -> Array:
+        """Number of eligible tokens per row, integer array of shape ``batch_shape``."""
+        xp = self.xp
+        return xp.sum(xp.astype(self.mask, xp.int64), axis=-1)
+
+    # ------------------------------------------------------------------ contract
+    @property
+    @abc.abstractmethod
+    def uniform_shape(self) -> tuple[int, ...]:
+        """Shape of the uniforms consumed by :meth:`sample`."""
+
+    @abc.abstractmethod
+    def inclusion_probabilities(self) -> Array:
+        r"""First-order inclusion probabilities :math:`\pi_k`, shape ``(..., N)``."""
+
+    @abc.abstractmethod
+    def joint_inclusion_probabilities(self) -> Array:
+        r"""Second-order inclusion probabilities :math:`\pi_{kl}`, dense ``(..., N, N)``."""
+
+    @abc.abstractmethod
+    def _sample(self, u: Array) -> Array:
+        """Selection from validated uniforms."""
+
+    def has_fixed_size(self) -> bool:
+        """Whether every row's sample size is fixed (non-random)."""
+        return False
+
+    def sample(self, u: Array) -> Array:
+        r"""Draw the sample determined by the uniforms ``u`` (a pure function).
+
+        Parameters
+        ----------
+        u : array
+            Uniforms on :math:`[0, 1)` of shape :attr:`uniform_shape`, in the design's namespace
+            and on its device (float64 recommended).
+
+        Returns
+        -------
+        array of bool
+            Selection indicators :math:`I_k`, shape ``(..., N)``; never true at ineligible
+            positions.
+        """
+        xp = self.xp
+        try:
+            xu = namespace(u)
+        except TypeError:
+            raise TypeError(f"u must be an array, got {type(u).__name__}") from None
+        if xu is not xp and type(u) is not type(self.mask):
+            raise TypeError(
+                f"u comes from a different array library ({type(u).__name__}) than the design "
+                f"({type(self.mask).__name__}); convert it first"
+            )
+        if not is_floating(xp, u):
+            raise ValueError(f"u must have a real floating dtype, got {u.dtype}")
+        if tuple(u.shape) != tuple(self.uniform_shape):
+            raise ValueError(
+                f"u has shape {tuple(u.shape)} but this design consumes uniforms of shape "
+                f"{tuple(self.uniform_shape)} (see .uniform_shape)"
+            )
+        if device_of(u) != self.device:
+            raise ValueError(
+                f"u is on device {device_of(u)} but the design's arrays are on {self.device}"
+            )
+        if bool(xp.any(~((u >= 0) & (u < 1)))):
+            raise ValueError("u must contain uniforms in [0, 1) (no NaN)")
+        return self._sample(u)
+
+    def draw(self, rng: RNGLike) -> Array:
+        """Draw a sample using ``rng`` (numpy ``Generator``, ``torch.Generator`` or int seed).
+
+        Equivalent to ``self.sample(uniforms(rng, self.uniform_shape, ...))``; see
+        :func:`nat_estimators.random.uniforms` for how each kind of ``rng`` is used.
+        """
+        u = uniforms(rng, self.uniform_shape, xp=self.xp, device=self.device)
+        return self._sample(u)
+
+    def expected_size(self) -> Array:
+        r"""Expected sample size per row, :math:`E|S| = \sum_k \pi_k`, shape ``batch_shape``."""
+        return self.xp.sum(self.inclusion_probabilities(), axis=-1)
+
+    def max_weight(self) -> Array:
+        r"""Largest Horvitz–Thompson weight :math:`\max_k 1/\pi_k` over eligible tokens per row.
+
+        Rows without eligible tokens give 0.
+        """
+        xp = self.xp
+        pi = self.inclusion_probabilities()
+        w = xp.where(self.mask, 1 / xp.where(self.mask, pi, xp.ones_like(pi)), xp.zeros_like(pi))
+        return xp.max(w, axis=-1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(batch_shape={self.batch_shape}, num_units={self.num_units}, "
+            f"backend={type(self.mask).__module__.split('.')[0]}, device={self.device})"
+        )

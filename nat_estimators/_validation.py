@@ -1,0 +1,107 @@
+r"""Input checks shared by the designs and estimators.
+
+Every check raises :class:`ValueError` (or :class:`TypeError` for a wrong kind of object) with a
+message that names the argument, says what was wrong and what to do.  Checks reduce to Python
+bools, so on an accelerator they synchronise once per check.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from ._compat import Array, is_array, is_floating
+
+__all__ = [
+    "check_bool_mask",
+    "check_float_array",
+    "check_probabilities",
+    "check_same_shape",
+]
+
+
+def check_float_array(xp: Any, a: Any, name: str) -> Array:
+    """``a`` must be an array with a real floating dtype (integer/bool probabilities are refused)."""
+    if not is_array(a):
+        raise TypeError(
+            f"{name} must be an array (numpy, torch, array-api-strict, ...), got {type(a).__name__}"
+        )
+    if not is_floating(xp, a):
+        raise ValueError(
+            f"{name} must have a real floating dtype, got {a.dtype}; convert it first "
+            f"(e.g. {name}.astype(float64)) — integer or boolean probabilities are ambiguous"
+        )
+    if a.ndim < 1:
+        raise ValueError(f"{name} must have at least one axis (tokens on the last), got a 0-d array")
+    return a
+
+
+def check_bool_mask(xp: Any, mask: Any, name: str, shape: tuple[int, ...] | None = None) -> Array:
+    """``mask`` must be a boolean array (of ``shape`` when given)."""
+    if not is_array(mask):
+        raise TypeError(f"{name} must be a boolean array, got {type(mask).__name__}")
+    if mask.dtype != xp.bool:
+        raise ValueError(
+            f"{name} must have dtype bool, got {mask.dtype}; pass e.g. `{name} != 0` for a 0/1 mask"
+        )
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)} but must have shape {tuple(shape)} "
+            "(rows on leading axes, tokens on the last)"
+        )
+    return mask
+
+
+def check_same_shape(a: Array, b: Array, name_a: str, name_b: str) -> None:
+    """``a`` and ``b`` must have identical shapes."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
+            "they must be equal"
+        )
+
+
+def check_probabilities(
+    xp: Any,
+    pi: Array,
+    eligible: Array,
+    name: str = "pi",
+    *,
+    allow_zero: bool = False,
+) -> None:
+    """Probabilities on eligible positions must be finite and in (0, 1] (or [0, 1]).
+
+    Values at ineligible positions are ignored (they may be padding, even NaN).
+    """
+    bad = eligible & ~xp.isfinite(pi)
+    if bool(xp.any(bad)):
+        raise ValueError(f"{name} contains NaN or Inf at eligible positions; all must be finite")
+    if bool(xp.any(eligible & ((pi < 0) | (pi > 1)))):
+        raise ValueError(f"{name} must lie in [0, 1] at eligible positions; found values outside")
+    if not allow_zero and bool(xp.any(eligible & (pi == 0))):
+        raise ValueError(
+            f"{name} is 0 at an eligible position: that token could never be sampled and its "
+            "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or give "
+            "it a positive probability (e.g. add a small floor to the size measure)."
+        )
+
+
+def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int, ...]) -> Any:
+    """A Python number, or an array broadcastable to ``batch_shape``; returns it unchanged."""
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be a number or an array, got bool")
+    if isinstance(v, numbers.Real):
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be finite, got {v}")
+        return v
+    if is_array(v):
+        if v.ndim > len(batch_shape) or any(
+            s not in (1, b) for s, b in zip(v.shape[::-1], batch_shape[::-1], strict=False)
+        ):
+            raise ValueError(
+                f"{name} has shape {tuple(v.shape)}, which does not broadcast to the batch shape "
+                f"{tuple(batch_shape)} (one value per row)"
+            )
+        return v
+    raise TypeError(f"{name} must be a number or an array, got {type(v).__name__}")

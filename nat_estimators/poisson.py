@@ -1,0 +1,127 @@
+r"""Poisson sampling: independent Bernoulli trials, one per eligible token.
+
+With :math:`I_k \sim \mathrm{Bernoulli}(\pi_k)` independent,
+
+.. math::
+
+    \pi_{kl} = \pi_k \pi_l \ (k \ne l), \qquad \pi_{kk} = \pi_k, \qquad
+    E|S| = \sum_k \pi_k ,
+
+and the size :math:`|S|` is random (Särndal, Swensson & Wretman 1992, §3.5; Tillé 2006, §5.5).
+Uniform :math:`\pi_k = p` is the paper's *Uniform Random Sampling*; unequal :math:`\pi` from size
+measures comes from :func:`~nat_estimators.inclusion_probabilities`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._common import prepare_pi_and_mask
+from ._compat import Array, float64_or_best, namespace
+from ._design import Design
+from ._validation import check_bool_mask, check_scalar_or_row_array
+from .inclusion import inclusion_probabilities
+
+__all__ = ["Poisson"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Poisson(Design):
+    r"""Poisson sampling design with inclusion probabilities ``pi``.
+
+    Parameters
+    ----------
+    pi : array, shape (..., N)
+        :math:`\pi_k \in (0, 1]` at eligible positions (floating dtype); rows on leading axes.
+    mask : array of bool, shape (..., N), optional
+        Eligible positions (default: all).  ``pi`` is ignored elsewhere and set to 0.
+
+    Notes
+    -----
+    Sampling keeps token :math:`k` iff :math:`u_k < \pi_k` for independent uniforms
+    :math:`u_k`, so :math:`P(I_k = 1) = \pi_k` and distinct tokens are independent:
+    :math:`\pi_{kl} = \pi_k \pi_l` for :math:`k \ne l`.  The expected size is
+    :math:`\sum_k \pi_k`; the size itself is random (a Poisson-binomial variable).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Poisson(np.array([0.5, 0.25, 1.0]))
+    >>> d.expected_size()
+    np.float64(1.75)
+    >>> d.sample(np.array([0.4, 0.3, 0.99]))
+    array([ True, False,  True])
+    """
+
+    pi: Array
+    mask: Array = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        _, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
+        object.__setattr__(self, "pi", pi)
+        object.__setattr__(self, "mask", mask)
+
+    # -------------------------------------------------------------- constructors
+    @classmethod
+    def uniform(cls, p: Any, *, mask: Array) -> Poisson:
+        r"""Uniform Random Sampling: every eligible token kept independently with probability ``p``.
+
+        Parameters
+        ----------
+        p : float or array of shape (...)
+            Keep fraction in :math:`(0, 1]`, scalar or one per row.
+        mask : array of bool, shape (..., N)
+            Eligible positions (e.g. the response mask).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Poisson.uniform(0.5, mask=np.array([True, True, False, True]))
+        >>> d.inclusion_probabilities()
+        array([0.5, 0.5, 0. , 0.5])
+        """
+        xp = namespace(mask, p if not isinstance(p, (int, float)) else None)
+        mask = check_bool_mask(xp, mask, "mask")
+        p = check_scalar_or_row_array(xp, p, "p", tuple(mask.shape[:-1]))
+        dtype = float64_or_best(xp, mask.device)
+        p_arr = xp.asarray(p, dtype=dtype, device=mask.device)
+        if bool(xp.any(~((p_arr > 0) & (p_arr <= 1)))):
+            raise ValueError("p (the keep fraction) must lie in (0, 1]")
+        if p_arr.ndim:
+            p_arr = p_arr[..., None]
+        pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=mask.device) * p_arr,
+                      xp.zeros(mask.shape, dtype=dtype, device=mask.device))
+        return cls(pi, mask=mask)
+
+    @classmethod
+    def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Poisson:
+        r"""Poisson design with :math:`\pi_k = \min(1, c x_k)`, :math:`\sum_k \pi_k = n` per row.
+
+        See :func:`~nat_estimators.inclusion_probabilities`.  Tokens with size 0 would get
+        :math:`\pi = 0`, which is refused for eligible tokens: add a small floor to ``x``.
+        """
+        return cls(inclusion_probabilities(x, n, mask=mask), mask=mask)
+
+    # -------------------------------------------------------------- contract
+    @property
+    def uniform_shape(self) -> tuple[int, ...]:
+        """One uniform per token position: ``(..., N)``."""
+        return tuple(self.pi.shape)
+
+    def inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_k` (0 at ineligible positions), shape ``(..., N)``."""
+        return self.pi
+
+    def joint_inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_{kl} = \pi_k\pi_l` off the diagonal, :math:`\pi_k` on it; ``(..., N, N)``."""
+        xp = self.xp
+        pi = self.pi
+        outer = pi[..., :, None] * pi[..., None, :]
+        eye = xp.eye(self.num_units, dtype=xp.bool, device=self.device)
+        return xp.where(eye, pi[..., :, None] * xp.ones_like(outer), outer)
+
+    def _sample(self, u: Array) -> Array:
+        return (u < self.pi) & self.mask

@@ -1,0 +1,298 @@
+r"""Random prefix cutting (the paper's RPC): keep a row's first :math:`L` eligible tokens.
+
+A cut :math:`L \in \{0, \dots, N\}` is drawn per row and tokens :math:`1..L` (in eligible order)
+are kept.  Any non-increasing :math:`1 \ge \pi_1 \ge \dots \ge \pi_N > 0` defines such a design
+through its survival function,
+
+.. math::
+
+    \pi_k = P(L \ge k), \qquad P(L = k) = \pi_k - \pi_{k+1}\ (\pi_0 = 1, \pi_{N+1} = 0),
+
+and since the sample is a prefix, :math:`k, l \in S \iff L \ge \max(k, l)`:
+
+.. math:: \pi_{kl} = \pi_{\max(k, l)} = \min(\pi_k, \pi_l).
+
+Sampling uses one uniform per row: keep :math:`k` iff :math:`u < \pi_k`
+(:math:`P(u < \pi_k) = \pi_k`, and the kept set is a prefix because :math:`\pi` is
+non-increasing).  Unbiasedness of the Horvitz–Thompson estimator needs :math:`\pi_N > 0`: the whole
+row must be kept with positive probability, and the last tokens carry the largest weight
+:math:`1/\pi_N` — :meth:`Prefix.from_budget` bounds it with a full-keep atom.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask
+from ._compat import Array, device_of, float64_or_best, gather_last, namespace
+from ._design import Design
+from ._validation import check_bool_mask, check_float_array
+
+__all__ = ["Prefix"]
+
+
+def _check_fraction(v: Any, name: str, *, low_open: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    v = float(v)
+    ok = (0 < v <= 1) if low_open else (0 <= v <= 1)
+    if not ok:
+        rng = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(f"{name} must lie in {rng}, got {v}")
+    return v
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Prefix(Design):
+    r"""Random prefix cutting with survival function ``pi`` over each row's eligible tokens.
+
+    Parameters
+    ----------
+    pi : array, shape (..., N)
+        :math:`\pi_k = P(L \ge k)` at eligible positions; must be non-increasing along each row's
+        eligible positions (in position order) and in :math:`(0, 1]`.
+    mask : array of bool, shape (..., N), optional
+        Eligible positions (default: all).  The cut counts eligible tokens only: ineligible
+        positions between kept tokens are skipped, never sampled.
+
+    Notes
+    -----
+    :math:`\pi_{kl} = \min(\pi_k, \pi_l)`; the cut length :math:`L` has pmf
+    :math:`P(L = k) = \pi_k - \pi_{k+1}`.  See the module documentation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Prefix(np.array([1.0, 0.75, 0.5, 0.25]))
+    >>> d.sample(np.array(0.6))
+    array([ True,  True, False, False])
+    >>> d.joint_inclusion_probabilities()[1]
+    array([0.75, 0.75, 0.5 , 0.25])
+    """
+
+    pi: Array
+    mask: Array = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        xp, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
+        # non-increasing along eligible positions: compact the eligible values to the front
+        order = xp.argsort(xp.astype(~mask, xp.int8), axis=-1, stable=True)
+        pc = gather_last(xp, pi, order)
+        count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
+        k = xp.arange(1, pi.shape[-1], dtype=xp.int64, device=device_of(pi))
+        inside = k < count[..., None]
+        if bool(xp.any(inside & (pc[..., 1:] > pc[..., :-1]))):
+            raise ValueError(
+                "pi must be non-increasing along each row's eligible tokens (a survival function "
+                "P(L >= k)); found an increase. Build it from a cut-length pmf with "
+                "Prefix.from_cut_pmf, or take a running minimum (np.minimum.accumulate)"
+            )
+        object.__setattr__(self, "pi", pi)
+        object.__setattr__(self, "mask", mask)
+
+    # -------------------------------------------------------------- constructors
+    @classmethod
+    def from_cut_pmf(cls, pmf: Array, *, mask: Array | None = None) -> Prefix:
+        r"""Design from the law of the cut length :math:`L` (number of eligible tokens kept).
+
+        Parameters
+        ----------
+        pmf : array, shape (..., N + 1)
+            :math:`P(L = j)` for :math:`j = 0..N`; non-negative, summing to 1 per row, zero beyond
+            each row's eligible count :math:`N_i`, and :math:`P(L = N_i) > 0` (the whole row must
+            be kept with positive probability, else the last token's weight is infinite).
+        mask : array of bool, shape (..., N), optional
+            Eligible positions; default all (then :math:`N_i = N`).
+
+        Notes
+        -----
+        :math:`\pi_k = \sum_{j \ge k} P(L = j)` for the :math:`k`-th eligible token.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Prefix.from_cut_pmf(np.array([0.0, 0.25, 0.25, 0.5]))
+        >>> d.inclusion_probabilities()
+        array([1.  , 0.75, 0.5 ])
+        """
+        xp = namespace(pmf, mask)
+        pmf = check_float_array(xp, pmf, "pmf")
+        N = pmf.shape[-1] - 1
+        if N < 1:
+            raise ValueError("pmf must have length N + 1 >= 2 along its last axis (cuts 0..N)")
+        mask = resolve_mask(xp, mask, (*pmf.shape[:-1], N), device_of(pmf))
+        if not bool(xp.all(xp.isfinite(pmf))):
+            raise ValueError("pmf contains NaN or Inf")
+        if bool(xp.any(pmf < 0)):
+            raise ValueError("pmf contains negative probabilities")
+        tot = xp.sum(pmf, axis=-1)
+        if bool(xp.any(xp.abs(tot - 1) > 1e-9)):
+            raise ValueError("pmf must sum to 1 along its last axis (cut lengths 0..N)")
+        count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
+        j = xp.arange(N + 1, dtype=xp.int64, device=device_of(pmf))
+        if bool(xp.any((j > count[..., None]) & (pmf > 0))):
+            raise ValueError(
+                "pmf puts probability on a cut beyond a row's number of eligible tokens "
+                "(P(L = j) must be 0 for j > mask[i].sum())"
+            )
+        p_full = gather_last(xp, pmf, count[..., None])[..., 0]
+        if bool(xp.any((count > 0) & (p_full <= 0))):
+            raise ValueError(
+                "the cut law gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
+                "last token would never be sampled and its weight 1/pi would be infinite; "
+                "add a full-keep atom (mass at L = N_i)"
+            )
+        surv = xp.flip(xp.cumulative_sum(xp.flip(pmf, axis=-1), axis=-1), axis=-1)
+        surv = xp.minimum(surv, xp.ones_like(surv))
+        rank = eligible_rank(xp, mask)
+        pi = gather_last(xp, surv, rank)
+        pi = xp.where(mask, pi, xp.zeros_like(pi))
+        return cls(pi, mask=mask)
+
+    @classmethod
+    def from_budget(
+        cls,
+        keep: float,
+        *,
+        mask: Array,
+        full_keep: float = 0.05,
+        min_keep: float = 0.0,
+        dtype: Any = None,
+    ) -> Prefix:
+        r"""Budget-first prefix design: keep a fraction ``keep`` of each row's tokens on average.
+
+        The survival function is piecewise linear: the first :math:`m_i = \lceil \mu N_i \rceil`
+        eligible tokens are always kept, then :math:`\pi` decreases linearly and is floored at the
+        full-keep probability :math:`a`:
+
+        .. math::
+
+            \pi_k = 1 \ (k \le m_i), \qquad
+            \pi_{m_i + j} = \max\bigl(a,\, 1 - j\, t_i\bigr)\ (j = 1..R_i,\ R_i = N_i - m_i),
+
+        with the slope :math:`t_i` solved in closed form so that
+        :math:`\sum_k \pi_k = \kappa N_i` exactly.
+
+        Parameters
+        ----------
+        keep : float
+            Expected keep fraction :math:`\kappa \in (0, 1]` of every row's eligible tokens.
+        mask : array of bool, shape (..., N)
+            Eligible positions (the response mask).
+        full_keep : float, default 0.05
+            :math:`a = P(L = N_i)\ge`: the floor of :math:`\pi`, hence a bound
+            :math:`1/a` on the largest Horvitz–Thompson weight (see :meth:`max_weight`).
+            Must be in (0, 1].
+        min_keep : float, default 0.0
+            :math:`\mu`: fraction of each row always kept (a minimum prefix).
+        dtype : dtype, optional
+            Float dtype of :math:`\pi` (default float64 where available).
+
+        Raises
+        ------
+        ValueError
+            If :math:`\kappa N_i < m_i + a R_i` for a row: the budget is below what ``full_keep``
+            and ``min_keep`` already cost (the message gives the smallest feasible ``keep``).
+
+        Notes
+        -----
+        Write :math:`T = \kappa N - m` for the expected number of kept tokens after the minimum
+        prefix.  If :math:`j \le J` are the tokens above the floor,
+        :math:`\sum_j \pi_j = J - tJ(J+1)/2 + a(R - J) = T` gives
+        :math:`t = 2(J(1-a) + aR - T)/(J(J+1))`.  At the breakpoint :math:`t = (1-a)/J` the sum is
+        :math:`G(J) = aR + (J - 1)(1 - a)/2`, linear in :math:`J`, so
+        :math:`J = \mathrm{clip}(\lfloor 1 + 2(T - aR)/(1 - a) \rfloor, 1, R)`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((2, 100), dtype=bool), full_keep=0.1)
+        >>> np.round(d.expected_size(), 12)
+        array([50., 50.])
+        >>> d.max_weight()
+        array([10., 10.])
+        """
+        xp = namespace(mask)
+        mask = check_bool_mask(xp, mask, "mask")
+        if mask.ndim < 1 or mask.shape[-1] == 0:
+            raise ValueError("mask must have a non-empty token axis")
+        kappa = _check_fraction(keep, "keep")
+        a = _check_fraction(full_keep, "full_keep")
+        mu = _check_fraction(min_keep, "min_keep", low_open=False)
+        dev = device_of(mask)
+        dt = float64_or_best(xp, dev) if dtype is None else dtype
+        count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)
+        m = xp.ceil(count * mu - 1e-9)
+        m = xp.minimum(xp.maximum(m, xp.zeros_like(m)), count)
+        R = count - m
+        T = count * kappa - m
+        if bool(xp.any(T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count)))):
+            need = float(xp.max(xp.where(count > 0, (m + a * R) / xp.where(count > 0, count, xp.ones_like(count)), xp.zeros_like(count))))
+            raise ValueError(
+                f"keep={kappa} is below what full_keep={a} and min_keep={mu} already cost "
+                f"(the smallest feasible keep for this batch is {need:.6g}); raise keep or lower "
+                "full_keep / min_keep"
+            )
+        T = xp.minimum(xp.maximum(T, a * R), R)
+        one = xp.ones_like(R)
+        if a < 1:
+            J = xp.floor(1 + 2 * (T - a * R) / (1 - a))
+            J = xp.minimum(xp.maximum(J, one), xp.maximum(R, one))
+            t = 2 * (J * (1 - a) + a * R - T) / (J * (J + 1))
+            t = xp.maximum(t, xp.zeros_like(t))
+        else:
+            t = xp.zeros_like(R)
+        rank = xp.astype(eligible_rank(xp, mask), dt)
+        j = rank - m[..., None]
+        lin = xp.maximum(1 - j * t[..., None], a * xp.ones_like(j))
+        pi = xp.where(j <= 0, xp.ones_like(j), xp.minimum(lin, xp.ones_like(lin)))
+        pi = xp.where(mask, pi, xp.zeros_like(pi))
+        return cls(pi, mask=mask)
+
+    # -------------------------------------------------------------- contract
+    @property
+    def uniform_shape(self) -> tuple[int, ...]:
+        """One uniform per row: ``batch_shape``."""
+        return self.batch_shape
+
+    def inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_k = P(L \ge k)` (0 at ineligible positions), shape ``(..., N)``."""
+        return self.pi
+
+    def joint_inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_{kl} = \min(\pi_k, \pi_l)`, dense ``(..., N, N)``."""
+        xp = self.xp
+        return xp.minimum(self.pi[..., :, None], self.pi[..., None, :])
+
+    def cut_pmf(self) -> Array:
+        r"""Law of the cut length: :math:`P(L = j)` for :math:`j = 0..N`, shape ``(..., N + 1)``.
+
+        Entries beyond a row's eligible count are 0.
+        """
+        xp = self.xp
+        # survival over ranks 0..N: s_0 = 1, s_k = pi of the k-th eligible token, 0 beyond N_i
+        order = xp.argsort(xp.astype(~self.mask, xp.int8), axis=-1, stable=True)
+        pc = gather_last(xp, self.pi, order)
+        count = self.eligible_count()
+        k = xp.arange(1, self.num_units + 1, dtype=xp.int64, device=self.device)
+        pc = xp.where(k <= count[..., None], pc, xp.zeros_like(pc))
+        one = xp.ones((*self.batch_shape, 1), dtype=pc.dtype, device=self.device)
+        zero = xp.zeros((*self.batch_shape, 1), dtype=pc.dtype, device=self.device)
+        s = xp.concat([one, pc], axis=-1)
+        s_next = xp.concat([pc, zero], axis=-1)
+        return s - s_next
+
+    def cut_lengths(self, sample: Array) -> Array:
+        """Cut length :math:`L` (number of kept eligible tokens) of a sample, per row."""
+        xp = self.xp
+        return xp.sum(xp.astype(sample & self.mask, xp.int64), axis=-1)
+
+    def _sample(self, u: Array) -> Array:
+        xp = self.xp
+        return (xp.astype(u, float64_or_best(xp, self.device))[..., None] < self.pi) & self.mask

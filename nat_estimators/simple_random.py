@@ -1,0 +1,174 @@
+r"""Simple random sampling without replacement: exactly ``n`` of a row's ``N`` eligible tokens.
+
+Every subset of size :math:`n` has probability :math:`1/\binom{N}{n}`, hence
+
+.. math::
+
+    \pi_k = \frac{n}{N}, \qquad \pi_{kl} = \frac{n(n-1)}{N(N-1)}\ (k \ne l)
+
+(Särndal, Swensson & Wretman 1992, §3.3; Tillé 2006, §4.4).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._common import resolve_mask
+from ._compat import Array, float64_or_best, gather_last, is_array, namespace
+from ._design import Design
+from ._validation import check_bool_mask, check_scalar_or_row_array
+
+__all__ = ["SimpleRandom"]
+
+
+def _as_integer_sizes(xp: Any, n: Any, batch_shape: tuple[int, ...], dev: Any) -> Array:
+    n = check_scalar_or_row_array(xp, n, "n", batch_shape)
+    if isinstance(n, numbers.Real):
+        if float(n) != int(float(n)):
+            raise ValueError(f"n must be an integer sample size (a fixed-size design), got {n}")
+        n = int(float(n))
+        arr = xp.full(batch_shape, n, dtype=xp.int64, device=dev)
+    else:
+        if xp.isdtype(n.dtype, "integral"):
+            arr = xp.astype(n, xp.int64)
+        elif xp.isdtype(n.dtype, "real floating"):
+            if bool(xp.any(n != xp.round(n))) or bool(xp.any(~xp.isfinite(n))):
+                raise ValueError("n must contain integer sample sizes (a fixed-size design)")
+            arr = xp.astype(n, xp.int64)
+        else:
+            raise ValueError(f"n must be an integer sample size per row, got dtype {n.dtype}")
+        arr = xp.broadcast_to(arr, batch_shape)
+    return arr
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SimpleRandom(Design):
+    r"""Simple random sampling without replacement of ``n`` eligible tokens per row.
+
+    Parameters
+    ----------
+    n : int or integer array of shape (...)
+        Sample size per row, :math:`0 \le n_i \le N_i` (:math:`N_i` = eligible count of row
+        :math:`i`).
+    mask : array of bool, shape (..., N)
+        Eligible positions; required (it defines the population of each row).
+
+    Notes
+    -----
+    ``sample(u)`` takes one uniform per position and keeps the :math:`n` eligible tokens with the
+    smallest uniforms: the ranks of i.i.d. continuous keys form a uniformly random permutation, so
+    every :math:`n`-subset is equally likely (the "random sort" method, Tillé 2006, §4.4.4).
+    Ties among float64 uniforms have probability :math:`\approx N^2 2^{-53}` and are ignored.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.SimpleRandom(2, mask=np.array([True, True, True, True]))
+    >>> d.inclusion_probabilities()
+    array([0.5, 0.5, 0.5, 0.5])
+    >>> d.sample(np.array([0.9, 0.1, 0.5, 0.7]))
+    array([False,  True,  True, False])
+    """
+
+    n: Any
+    mask: Array = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.mask is None:
+            raise TypeError("SimpleRandom needs mask= (the eligible positions of every row)")
+        xp = namespace(self.mask, self.n if is_array(self.n) else None)
+        mask = check_bool_mask(xp, self.mask, "mask")
+        if mask.ndim < 1 or mask.shape[-1] == 0:
+            raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
+        mask = resolve_mask(xp, mask, tuple(mask.shape), mask.device)
+        batch_shape = tuple(mask.shape[:-1])
+        n = _as_integer_sizes(xp, self.n, batch_shape, mask.device)
+        count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
+        if bool(xp.any(n < 0)):
+            raise ValueError("n must be >= 0")
+        if bool(xp.any(n > count)):
+            if bool(xp.any((count == 0) & (n > 0))):
+                raise ValueError(
+                    "a row has no eligible tokens but n > 0 tokens are asked from it; "
+                    "set n = 0 for empty rows (pass n as a per-row array)"
+                )
+            raise ValueError(
+                "n is larger than the number of eligible tokens in some row; "
+                "n must satisfy 0 <= n_i <= mask[i].sum()"
+            )
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "mask", mask)
+
+    @classmethod
+    def from_fraction(cls, keep: float, *, mask: Array) -> SimpleRandom:
+        r"""Keep :math:`n_i = \mathrm{round}(\kappa N_i)` tokens of each row, at least one.
+
+        Parameters
+        ----------
+        keep : float
+            Keep fraction :math:`\kappa \in (0, 1]`.
+        mask : array of bool, shape (..., N)
+            Eligible positions.  Rows without eligible tokens get :math:`n_i = 0`.
+        """
+        xp = namespace(mask)
+        mask = check_bool_mask(xp, mask, "mask")
+        if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
+            raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
+        count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
+        dtype = float64_or_best(xp, mask.device)
+        n = xp.astype(xp.round(xp.astype(count, dtype) * float(keep)), xp.int64)
+        n = xp.minimum(xp.maximum(n, xp.minimum(count, xp.ones_like(count))), count)
+        return cls(n, mask=mask)
+
+    @property
+    def uniform_shape(self) -> tuple[int, ...]:
+        """One uniform per token position: ``(..., N)``."""
+        return tuple(self.mask.shape)
+
+    def has_fixed_size(self) -> bool:
+        return True
+
+    def _float_n_and_count(self) -> tuple[Array, Array]:
+        xp = self.xp
+        dtype = float64_or_best(xp, self.device)
+        count = xp.astype(self.eligible_count(), dtype)
+        return xp.astype(self.n, dtype), count
+
+    def inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_k = n_i/N_i` on eligible positions (float64), 0 elsewhere."""
+        xp = self.xp
+        n, count = self._float_n_and_count()
+        p = n / xp.where(count > 0, count, xp.ones_like(count))
+        return xp.where(self.mask, p[..., None] * xp.ones(self.mask.shape, dtype=p.dtype,
+                                                         device=self.device),
+                        xp.zeros(self.mask.shape, dtype=p.dtype, device=self.device))
+
+    def joint_inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_{kl} = n(n-1)/(N(N-1))` for eligible :math:`k \ne l`; ``(..., N, N)``."""
+        xp = self.xp
+        n, count = self._float_n_and_count()
+        denom = count * (count - 1)
+        p2 = n * (n - 1) / xp.where(denom > 0, denom, xp.ones_like(denom))
+        pi = self.inclusion_probabilities()
+        both = self.mask[..., :, None] & self.mask[..., None, :]
+        eye = xp.eye(self.num_units, dtype=xp.bool, device=self.device)
+        off = xp.where(both, p2[..., None, None] * xp.ones(both.shape, dtype=pi.dtype,
+                                                           device=self.device),
+                       xp.zeros(both.shape, dtype=pi.dtype, device=self.device))
+        return xp.where(eye, pi[..., :, None] * xp.ones_like(off), off)
+
+    def expected_size(self) -> Array:
+        """The fixed size ``n`` per row (as float)."""
+        return self._float_n_and_count()[0]
+
+    def _sample(self, u: Array) -> Array:
+        xp = self.xp
+        # keys: the uniforms at eligible positions, 2 (> any uniform) elsewhere
+        keys = xp.where(self.mask, u, 2 * xp.ones_like(u))
+        srt = xp.sort(keys, axis=-1)
+        idx = xp.maximum(self.n - 1, xp.zeros_like(self.n))[..., None]
+        thr = gather_last(xp, srt, idx)
+        return (keys <= thr) & self.mask & (self.n > 0)[..., None]
