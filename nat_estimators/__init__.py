@@ -8,22 +8,40 @@ probabilities, Horvitz–Thompson / Hájek estimators and their variances, and P
 from __future__ import annotations
 
 from ._design import Design
+from .estimators import hajek_mean, hajek_total, ht_mean, ht_total, ht_weights
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
 from .prefix import Prefix
 from .random import uniforms
 from .simple_random import SimpleRandom
 from .systematic import Systematic
+from .variance import (
+    BiasedVarianceEstimateWarning,
+    DesignSummary,
+    design_summary,
+    design_variance,
+    variance_estimate,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BiasedVarianceEstimateWarning",
     "Design",
+    "DesignSummary",
     "Poisson",
     "Prefix",
     "SimpleRandom",
     "Systematic",
     "__version__",
+    "design_summary",
+    "design_variance",
+    "hajek_mean",
+    "hajek_total",
+    "ht_mean",
+    "ht_total",
+    "ht_weights",
     "inclusion_probabilities",
     "uniforms",
+    "variance_estimate",
 ]
