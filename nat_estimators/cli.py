@@ -27,7 +27,7 @@ from . import Poisson, Prefix, SimpleRandom, Systematic
 from ._design import Design
 from .variance import design_variance
 
-__all__ = ["gradient_profile", "compare_designs", "main"]
+__all__ = ["compare_designs", "gradient_profile", "main"]
 
 
 def gradient_profile(
@@ -145,7 +145,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     y, mask = gradient_profile(args.rows, args.length, args.dim, seed=args.seed)
     res = compare_designs(args.budget, y, mask)
     print(f"Designs at keep fraction {args.budget:g} on a synthetic gradient profile "
-          f"({args.rows} rows, <= {args.length} tokens, {args.dim}-dim gradients, seed {args.seed})")
+          f"({args.rows} rows, <= {args.length} tokens, {args.dim}-dim gradients, "
+          f"seed {args.seed})")
     hdr = f"{'design':<28} {'kept':>6} {'max w':>8} {'V/|Y|^2':>10} {'V/V_URS':>9}"
     print(hdr)
     print("-" * len(hdr))
