@@ -16,7 +16,9 @@ def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) 
         return xp.ones(shape, dtype=xp.bool, device=dev)
     mask = check_bool_mask(xp, mask, "mask", shape=shape)
     if device_of(mask) != dev:
-        raise ValueError(f"mask is on device {device_of(mask)} but pi is on {dev}; move one of them")
+        raise ValueError(
+            f"mask is on device {device_of(mask)} but pi is on {dev}; move one of them"
+        )
     return mask
 
 

@@ -22,7 +22,7 @@ __all__ = [
 
 
 def check_float_array(xp: Any, a: Any, name: str) -> Array:
-    """``a`` must be an array with a real floating dtype (integer/bool probabilities are refused)."""
+    """``a`` must be an array with a real floating dtype (integer/bool probabilities refused)."""
     if not is_array(a):
         raise TypeError(
             f"{name} must be an array (numpy, torch, array-api-strict, ...), got {type(a).__name__}"
@@ -33,7 +33,9 @@ def check_float_array(xp: Any, a: Any, name: str) -> Array:
             f"(e.g. {name}.astype(float64)) — integer or boolean probabilities are ambiguous"
         )
     if a.ndim < 1:
-        raise ValueError(f"{name} must have at least one axis (tokens on the last), got a 0-d array")
+        raise ValueError(
+            f"{name} must have at least one axis (tokens on the last), got a 0-d array"
+        )
     return a
 
 
@@ -82,8 +84,8 @@ def check_probabilities(
     if not allow_zero and bool(xp.any(eligible & (pi == 0))):
         raise ValueError(
             f"{name} is 0 at an eligible position: that token could never be sampled and its "
-            "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or give "
-            "it a positive probability (e.g. add a small floor to the size measure)."
+            "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or "
+            "give it a positive probability (e.g. add a small floor to the size measure)."
         )
 
 

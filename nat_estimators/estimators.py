@@ -34,11 +34,18 @@ def _prepare(y: Array, mask: Array, pi: Array, axis: int) -> tuple[Units, Array,
     u0 = align_units(y, axis, None, mask, pi)
     xp = u0.xp
     ushape = (*u0.batch_shape, u0.y.shape[-2])
-    check_bool_mask(xp, mask, "mask", shape=ushape)
+    check_bool_mask(xp, mask, "mask")
     pi = check_float_array(xp, pi, "pi")
-    if tuple(pi.shape) != ushape:
+    if tuple(pi.shape) != tuple(mask.shape):
         raise ValueError(
-            f"pi has shape {tuple(pi.shape)} but must match y up to the unit axis: {ushape}"
+            f"mask has shape {tuple(mask.shape)} but pi has shape {tuple(pi.shape)}; they must be "
+            "equal (rows on leading axes, units on the last)"
+        )
+    if tuple(mask.shape) != ushape:
+        raise ValueError(
+            f"y.shape[:axis + 1] = {ushape} (axis={axis}) does not match the shape "
+            f"{tuple(mask.shape)} of mask and pi; y must be aligned with them up to and including "
+            "its unit axis (axes after it are value axes)"
         )
     w = ht_weights(mask, pi)
     dt = float_dtype(xp, u0.y, pi)

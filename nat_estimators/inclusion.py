@@ -86,12 +86,22 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     if bool(xp.any(~(n_arr > 0))):
         raise ValueError("n must be > 0 (the expected sample size of every row)")
     xs = xp.where(mask, x, xp.zeros_like(x))
+    # pi does not depend on the scale of a row's sizes: rows with huge sizes are divided by their
+    # maximum so that the sums below cannot overflow (sizes near 1e308 gave a RuntimeWarning and
+    # garbage).  Ordinary rows are left untouched.
+    xmax = xp.max(xs, axis=-1, keepdims=True)
+    huge = xmax > xp.finfo(dtype).max ** 0.5
+    xs = xp.where(huge, xs / xp.where(huge, xmax, xp.ones_like(xmax)), xs)
     n_pos = xp.sum(xp.astype(xs > 0, dtype), axis=-1)
     if bool(xp.any(n_arr > n_pos * (1 + 1e-12))):
         raise ValueError(
             "n exceeds the number of eligible tokens with positive size in some row, so "
             "sum(pi) = n is infeasible with pi <= 1; lower n or give more tokens a positive size"
         )
+    # n within the rounding tolerance above #positive sizes: clamp it.  Without this no m
+    # satisfies the capping condition below (not even m = #pos - 1), argmax falls back to m = 0
+    # and the result is wrong (x = [1, 2, 3], n = 3 + 1e-13 gave [0.5, 1, 1]).
+    n_arr = xp.minimum(n_arr, n_pos)
     N = x.shape[-1]
     xsort = xp.sort(xs, axis=-1, descending=True)
     # T_m = sum_{j > m} x_(j) for m = 0..N-1: reverse cumulative sum (monotone under rounding).
@@ -101,11 +111,17 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     flags = (nn - m) * xsort <= suffix
     # smallest m with the flag set (argmax returns the first maximum)
     mstar = xp.argmax(xp.astype(flags, xp.int8), axis=-1, keepdims=True)
-    t_m = gather_last(xp, suffix, mstar)[..., 0]
-    c = (n_arr - xp.astype(mstar[..., 0], dtype)) / xp.where(t_m > 0, t_m, xp.ones_like(t_m))
-    pi = xp.minimum(xp.ones_like(xs), c[..., None] * xs)
+    t_m = gather_last(xp, suffix, mstar)
     # units at or above the capping threshold are exactly 1 (avoid 1 - 1e-16 from rounding)
     kth = gather_last(xp, xsort, xp.maximum(mstar - 1, xp.zeros_like(mstar)))
     capped = (mstar > 0) & (xs >= kth)
+    # pi = (n - m) x / T_m on the other units.  There x <= x_(m+1) <= T_m / (n - m), so the ratio
+    # x / T_m is at most 1; forming c = (n - m) / T_m first overflowed for subnormal T_m.
+    free = xp.where(capped, xp.zeros_like(xs), xs)
+    ratio = free / xp.where(t_m > 0, t_m, xp.ones_like(t_m))
+    pi = xp.minimum(xp.ones_like(xs), (nn - xp.astype(mstar, dtype)) * ratio)
+    # n = number of positive sizes: every positive unit is a certainty unit, exactly (equal sizes
+    # could otherwise give 1 - 1e-16 when the rounded sum lets m = 0 pass the test above)
+    capped = capped | ((nn >= n_pos[..., None]) & (xs > 0))
     pi = xp.where(capped, xp.ones_like(pi), pi)
     return xp.where(mask, pi, xp.zeros_like(pi))

@@ -143,7 +143,7 @@ class Prefix(Design):
         p_full = gather_last(xp, pmf, count[..., None])[..., 0]
         if bool(xp.any((count > 0) & (p_full <= 0))):
             raise ValueError(
-                "the cut law gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
+                "pmf gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
                 "last token would never be sampled and its weight 1/pi would be infinite; "
                 "add a full-keep atom (mass at L = N_i)"
             )
@@ -233,7 +233,8 @@ class Prefix(Design):
         R = count - m
         T = count * kappa - m
         if bool(xp.any(T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count)))):
-            need = float(xp.max(xp.where(count > 0, (m + a * R) / xp.where(count > 0, count, xp.ones_like(count)), xp.zeros_like(count))))
+            safe = xp.where(count > 0, count, xp.ones_like(count))
+            need = float(xp.max(xp.where(count > 0, (m + a * R) / safe, xp.zeros_like(count))))
             raise ValueError(
                 f"keep={kappa} is below what full_keep={a} and min_keep={mu} already cost "
                 f"(the smallest feasible keep for this batch is {need:.6g}); raise keep or lower "

@@ -20,7 +20,7 @@ Rules
 from __future__ import annotations
 
 import numbers
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ._compat import Array, float64_or_best, is_torch_namespace
 __all__ = ["RNGLike", "uniforms"]
 
 #: What :meth:`Design.draw` accepts.
-RNGLike = Union[np.random.Generator, int, Any]
+RNGLike = np.random.Generator | int | Any
 
 
 def _is_torch_generator(rng: Any) -> bool:
@@ -76,20 +76,22 @@ def uniforms(rng: RNGLike, shape: tuple[int, ...], *, xp: Any, device: Any) -> A
     if _is_torch_generator(rng):
         import torch
 
-        gdev = rng.device
+        gen: Any = rng  # a torch.Generator (RNGLike's int member is excluded above)
+        gdev = gen.device
         if is_torch_namespace(xp):
             if torch.device(device) != gdev:
                 raise ValueError(
                     f"the torch.Generator lives on {gdev} but the design's arrays are on {device}; "
-                    f"create the generator on the same device (torch.Generator(device={str(device)!r}))"
+                    "create the generator on the same device "
+                    f"(torch.Generator(device={str(device)!r}))"
                 )
-            return torch.rand(shape, generator=rng, dtype=dtype, device=gdev)
+            return torch.rand(shape, generator=gen, dtype=dtype, device=gdev)
         if gdev.type != "cpu":
             raise ValueError(
-                f"a torch.Generator on {gdev} cannot feed a non-torch array; use a CPU generator, a "
-                "numpy Generator or an int seed"
+                f"a torch.Generator on {gdev} cannot feed a non-torch array; use a CPU generator, "
+                "a numpy Generator or an int seed"
             )
-        t = torch.rand(shape, generator=rng, dtype=torch.float64)
+        t = torch.rand(shape, generator=gen, dtype=torch.float64)
         return xp.asarray(t.numpy(), dtype=dtype, device=device)
     raise TypeError(
         "rng must be a numpy.random.Generator, a torch.Generator or an int seed, got "

@@ -50,8 +50,8 @@ class SimpleRandom(Design):
     Parameters
     ----------
     n : int or integer array of shape (...)
-        Sample size per row, :math:`0 \le n_i \le N_i` (:math:`N_i` = eligible count of row
-        :math:`i`).
+        Sample size per row, :math:`1 \le n_i \le N_i` (:math:`N_i` = eligible count of row
+        :math:`i`); :math:`n_i = 0` exactly for rows without eligible tokens.
     mask : array of bool, shape (..., N)
         Eligible positions; required (it defines the population of each row).
 
@@ -89,6 +89,14 @@ class SimpleRandom(Design):
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         if bool(xp.any(n < 0)):
             raise ValueError("n must be >= 0")
+        # n_i = 0 on a row with eligible tokens gives them pi = 0: never sampled, infinite HT
+        # weight (the other designs refuse pi = 0 on eligible positions for the same reason).
+        if bool(xp.any((n == 0) & (count > 0))):
+            raise ValueError(
+                "n is 0 for a row that has eligible tokens: they could never be sampled and their "
+                "Horvitz–Thompson weight 1/pi would be infinite; ask n >= 1 for that row, or mark "
+                "the row ineligible in mask (n = 0 is only for rows without eligible tokens)"
+            )
         if bool(xp.any(n > count)):
             if bool(xp.any((count == 0) & (n > 0))):
                 raise ValueError(
@@ -171,4 +179,12 @@ class SimpleRandom(Design):
         srt = xp.sort(keys, axis=-1)
         idx = xp.maximum(self.n - 1, xp.zeros_like(self.n))[..., None]
         thr = gather_last(xp, srt, idx)
-        return (keys <= thr) & self.mask & (self.n > 0)[..., None]
+        # Ties at the threshold (equal uniforms, e.g. low-precision or user-supplied u) would
+        # select more than n tokens with `keys <= thr`; keep every key below the threshold and
+        # only as many tied keys (leftmost first) as are needed to reach exactly n.
+        below = (keys < thr) & self.mask
+        tied = (keys == thr) & self.mask
+        need = self.n - xp.sum(xp.astype(below, xp.int64), axis=-1)
+        tie_rank = xp.cumulative_sum(xp.astype(tied, xp.int64), axis=-1)
+        take = tied & (tie_rank <= need[..., None])
+        return (below | take) & (self.n > 0)[..., None]

@@ -78,7 +78,7 @@ class Systematic(Design):
     mask: Array = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        xp, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
+        _, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
         object.__setattr__(self, "pi", pi)
         object.__setattr__(self, "mask", mask)
 

@@ -1,0 +1,1 @@
+"""Benchmarks of nat_estimators (see benchmarks/README.md)."""

@@ -1,0 +1,104 @@
+r"""Log-probabilities (and entropies) at selected positions only: the LM head on a gather.
+
+For a causal LM given as *backbone + head*, the ``[B, T, V]`` logits tensor is the memory hog at
+large vocabularies.  With a token selection only the selected positions need the head and the
+log-softmax: gather their hidden states (``logits_to_keep``-style, but with an arbitrary index),
+apply the head to ``[K, H]`` and scatter the ``K`` log-probabilities back to ``[B, T]``.
+
+Position convention: ``positions[b, t]`` marks *target* tokens; their log-probability
+:math:`\log p_\theta(x_{b,t} \mid x_{b,<t})` comes from the hidden state at :math:`t - 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import as_bool_mask, check_2d, check_same_shape
+
+__all__ = ["token_logprobs"]
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    return_entropy: bool = False,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Per-token log-probabilities (and entropies) at ``positions``, scattered to ``[B, T]``.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor, shape (B, T, H)
+        Backbone output (last hidden states).
+    head : callable
+        ``[K, H] -> [K, V]`` logits (e.g. ``model.lm_head``).
+    input_ids : torch.Tensor of int, shape (B, T)
+        Token ids; the targets are ``input_ids[b, t]``.
+    positions : torch.Tensor of bool, shape (B, T)
+        Target positions (selected tokens); ``positions[:, 0]`` must be False.
+    return_entropy : bool, default False
+        Also return the entropy :math:`H_{bt} = -\sum_v p_v \log p_v` of the predictive
+        distribution at each target position.
+    temperature : float, default 1.0
+        Logits are divided by it (as rollout samplers do).
+
+    Returns
+    -------
+    log_probs : torch.Tensor, shape (B, T)
+        :math:`\log p_\theta(x_{bt} \mid x_{b,<t})` at ``positions``, 0 elsewhere; float32 at
+        least (the logits are cast up before the log-softmax).
+    entropy : torch.Tensor of shape (B, T), or None
+
+    Notes
+    -----
+    With :math:`K` selected positions the head costs :math:`O(K H V)` instead of
+    :math:`O(B T H V)` and the logits take :math:`K V` instead of :math:`B T V` memory.  The
+    result equals the full-head computation at the selected positions (the same arithmetic on the
+    same rows).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import token_logprobs
+    >>> torch.manual_seed(0) and None
+    >>> head = torch.nn.Linear(4, 5)
+    >>> hidden = torch.randn(2, 3, 4)
+    >>> ids = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    >>> pos = torch.tensor([[False, True, False], [False, False, True]])
+    >>> lp, _ = token_logprobs(hidden, head, ids, pos)
+    >>> full = torch.log_softmax(head(hidden), -1)
+    >>> bool(torch.allclose(lp[0, 1], full[0, 0, 1])), bool(torch.allclose(lp[1, 2], full[1, 1, 0]))
+    (True, True)
+    """
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3:
+        raise ValueError("hidden must be a tensor of shape (B, T, H)")
+    ids = check_2d(input_ids, "input_ids")
+    pos = as_bool_mask(positions, "positions")
+    check_same_shape(ids, pos, "input_ids", "positions")
+    if tuple(hidden.shape[:2]) != tuple(pos.shape):
+        raise ValueError(
+            f"hidden has shape {tuple(hidden.shape)} but positions has {tuple(pos.shape)}"
+        )
+    if bool(pos[:, 0].any()):
+        raise ValueError(
+            "positions[:, 0] is set: the first token of a row has no context to predict it from"
+        )
+    b, t = pos.nonzero(as_tuple=True)
+    logits = head(hidden[b, t - 1])
+    dt = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.to(dt)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    lp = logp_all.gather(-1, ids[b, t][:, None])[:, 0]
+    out = torch.zeros(pos.shape, dtype=dt, device=hidden.device).index_put((b, t), lp)
+    ent = None
+    if return_entropy:
+        h = -(logp_all.exp() * logp_all).sum(-1)
+        ent = torch.zeros(pos.shape, dtype=dt, device=hidden.device).index_put((b, t), h)
+    return out, ent

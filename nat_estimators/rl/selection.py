@@ -1,0 +1,332 @@
+r"""Token selection for NAT losses: one call from a response mask to a selection record.
+
+:func:`select_tokens` builds a sampling design over the eligible tokens of every row (the response
+mask, possibly non-contiguous), draws a selection with a ``torch.Generator`` on the mask's device
+and returns a frozen :class:`Selection`: the sampled mask :math:`I`, the inclusion probabilities
+:math:`\pi`, the Horvitz–Thompson weights :math:`w = I/\pi` and, for prefix cutting, the cut and
+crop lengths that let the forward pass stop early.
+
+The selection must not depend on the parameters being differentiated: size measures (old-policy
+entropy, :math:`|A|`) are detached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .. import Poisson, Prefix, SimpleRandom, Systematic, inclusion_probabilities
+from .._design import Design
+from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weight_dtype
+
+__all__ = ["DESIGNS", "Selection", "ht_weights", "select_tokens"]
+
+DesignName = Literal[
+    "prefix",
+    "poisson",
+    "simple_random",
+    "systematic",
+    "poisson_proportional",
+    "systematic_proportional",
+]
+
+#: Design names :func:`select_tokens` accepts.
+DESIGNS: tuple[str, ...] = (
+    "prefix",
+    "poisson",
+    "simple_random",
+    "systematic",
+    "poisson_proportional",
+    "systematic_proportional",
+)
+
+
+def ht_weights(
+    sample: torch.Tensor,
+    pi: torch.Tensor,
+    response_mask: torch.Tensor | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    r"""Horvitz–Thompson weights :math:`w_{it} = I_{it}/\pi_{it}` (0 where not sampled).
+
+    Parameters
+    ----------
+    sample : torch.Tensor of bool, shape (B, T)
+        Selection indicators :math:`I`.
+    pi : torch.Tensor, shape (B, T)
+        Inclusion probabilities; must be in (0, 1] on every eligible token.
+    response_mask : torch.Tensor of bool, shape (B, T), optional
+        Eligible tokens (default: ``sample``); the sample must lie inside it.
+    dtype : torch.dtype, default float32
+        float32 or float64 (half types are refused).  :math:`1/\pi` is formed in float64 first.
+
+    Raises
+    ------
+    ValueError
+        ``pi`` is 0, negative, above 1 or not finite on an eligible token; ``sample`` selects an
+        ineligible position; shapes disagree; half ``dtype``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import ht_weights
+    >>> s = torch.tensor([[True, False, True]])
+    >>> ht_weights(s, torch.tensor([[0.5, 0.5, 0.25]], dtype=torch.float64))
+    tensor([[2., 0., 4.]])
+    """
+    check_weight_dtype(dtype, "dtype")
+    s = as_bool_mask(sample, "sample")
+    if not isinstance(pi, torch.Tensor) or not pi.is_floating_point():
+        raise ValueError("pi must be a floating-point tensor")
+    check_same_shape(pi, s, "pi", "sample")
+    elig = s if response_mask is None else as_bool_mask(response_mask, "response_mask")
+    check_same_shape(elig, s, "response_mask", "sample")
+    if bool((s & ~elig).any()):
+        raise ValueError("sample selects positions outside response_mask")
+    p64 = pi.to(torch.float64)
+    if bool((elig & ~(torch.isfinite(p64) & (p64 > 0) & (p64 <= 1))).any()):
+        raise ValueError(
+            "pi must lie in (0, 1] on every eligible token: pi = 0 means the token is never "
+            "sampled and its weight 1/pi is infinite (the HT estimate would be biased)"
+        )
+    one = torch.ones((), dtype=torch.float64, device=p64.device)
+    w = torch.where(s, one / torch.where(s, p64, one), torch.zeros_like(one))
+    return w.to(dtype)
+
+
+def _crop_lengths(sample: torch.Tensor) -> torch.Tensor:
+    t = torch.arange(1, sample.shape[-1] + 1, device=sample.device, dtype=torch.int64)
+    return torch.where(sample, t, torch.zeros_like(t)).amax(dim=-1)
+
+
+def _subset_design(design: Design, index: torch.Tensor) -> Design:
+    if isinstance(design, SimpleRandom):
+        return SimpleRandom(design.n[index], mask=design.mask[index])
+    if isinstance(design, (Poisson, Systematic, Prefix)):
+        return type(design)(design.pi[index], mask=design.mask[index])
+    raise TypeError(f"cannot take rows of a {type(design).__name__} design")
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    r"""A drawn token selection and everything the loss needs from it.
+
+    Attributes
+    ----------
+    mask : torch.Tensor of bool, shape (B, T)
+        Selected tokens :math:`I_{it}` (a subset of ``response_mask``).
+    pi : torch.Tensor of float64, shape (B, T)
+        Inclusion probabilities :math:`\pi_{it}` (0 off the response mask).
+    weights : torch.Tensor, shape (B, T)
+        :math:`w_{it} = I_{it}/\pi_{it}`, float32 or float64, 0 where not selected.
+    design : Design
+        The sampling design (exact :math:`\pi_{kl}`, variance formulas).
+    response_mask : torch.Tensor of bool, shape (B, T)
+        The full response mask the design was built on.
+    crop_lengths : torch.Tensor of int64, shape (B,)
+        Position of the last selected token + 1, in the coordinates of the mask's last axis
+        (0 for rows with nothing selected): a causal forward pass may stop there.
+    cut_lengths : torch.Tensor of int64, shape (B,) or None
+        Prefix designs: the cut :math:`L_i`, in eligible tokens (``None`` for other designs).
+    """
+
+    mask: torch.Tensor
+    pi: torch.Tensor
+    weights: torch.Tensor
+    design: Design
+    response_mask: torch.Tensor
+    crop_lengths: torch.Tensor
+    cut_lengths: torch.Tensor | None = None
+
+    @classmethod
+    def from_sample(
+        cls, design: Design, sample: torch.Tensor, *, weight_dtype: torch.dtype = torch.float32
+    ) -> Selection:
+        """The record of a given ``sample`` of ``design`` (for enumeration, replay, sharding).
+
+        Examples
+        --------
+        >>> import torch
+        >>> import nat_estimators as nat
+        >>> from nat_estimators.rl import Selection
+        >>> m = torch.ones(1, 4, dtype=torch.bool)
+        >>> d = nat.Prefix(torch.tensor([[1.0, 0.5, 0.5, 0.25]], dtype=torch.float64), mask=m)
+        >>> sel = Selection.from_sample(d, torch.tensor([[True, True, False, False]]))
+        >>> sel.weights, sel.cut_lengths, sel.crop_lengths
+        (tensor([[1., 2., 0., 0.]]), tensor([2]), tensor([2]))
+        """
+        if not isinstance(design, Design):
+            raise TypeError(f"design must be a Design, got {type(design).__name__}")
+        mask = design.mask
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+            raise ValueError("the design must be built on a 2-D torch mask [batch, tokens]")
+        s = as_bool_mask(sample, "sample")
+        check_same_shape(s, mask, "sample", "design.mask")
+        pi = design.inclusion_probabilities().to(torch.float64)
+        w = ht_weights(s, pi, mask, dtype=weight_dtype)
+        cut = design.cut_lengths(s) if isinstance(design, Prefix) else None
+        return cls(s, pi, w, design, mask, _crop_lengths(s), cut)
+
+    @property
+    def num_selected(self) -> torch.Tensor:
+        """Selected tokens per row, int64 ``(B,)``."""
+        return self.mask.sum(-1)
+
+    def rows(self, index: torch.Tensor) -> Selection:
+        """The selection restricted to rows ``index`` (e.g. this rank's shard)."""
+        return Selection(
+            self.mask[index],
+            self.pi[index],
+            self.weights[index],
+            _subset_design(self.design, index),
+            self.response_mask[index],
+            self.crop_lengths[index],
+            None if self.cut_lengths is None else self.cut_lengths[index],
+        )
+
+
+def _proportional_pi(
+    sizes: torch.Tensor, mask: torch.Tensor, keep: float
+) -> torch.Tensor:
+    """pi_k = min(1, c x_k) with sum = keep * N_i on rows with eligible tokens, 0 elsewhere."""
+    count = mask.sum(-1)
+    rows = count > 0
+    pi = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
+    if bool(rows.any()):
+        x = sizes[rows].to(torch.float64)
+        n = count[rows].to(torch.float64) * keep
+        pi = pi.index_put((rows.nonzero()[:, 0],), inclusion_probabilities(x, n, mask=mask[rows]))
+    return pi
+
+
+def select_tokens(
+    response_mask: torch.Tensor,
+    design: DesignName | Design = "prefix",
+    keep: float = 0.5,
+    *,
+    sizes: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    full_keep: float = 0.05,
+    min_keep: float = 0.0,
+    weight_dtype: torch.dtype = torch.float32,
+) -> Selection:
+    r"""Draw a token selection over a response mask and return its :class:`Selection` record.
+
+    Parameters
+    ----------
+    response_mask : torch.Tensor, shape (B, T)
+        Eligible (loss) tokens; bool or 0/1; may be non-contiguous and rows may be empty.
+    design : str or Design, default "prefix"
+        ``"prefix"`` (random prefix cut, :meth:`Prefix.from_budget
+        <nat_estimators.Prefix.from_budget>`), ``"poisson"`` (uniform, the paper's URS),
+        ``"simple_random"`` (fixed size :math:`\mathrm{round}(\kappa N_i)`), ``"systematic"``
+        (every :math:`1/\kappa`-th token, random start), ``"poisson_proportional"`` /
+        ``"systematic_proportional"`` (:math:`\pi \propto` ``sizes``, capped at 1, expected size
+        :math:`\kappa N_i`); or a ready :class:`~nat_estimators.Design` on this mask.
+    keep : float, default 0.5
+        Expected keep fraction :math:`\kappa \in (0, 1]` per row (ignored for a ready design).
+    sizes : torch.Tensor, shape (B, T), optional
+        Size measures for the proportional designs (e.g. old-policy entropy, :math:`|A|`); finite
+        and > 0 on eligible tokens.  Detached.
+    generator : torch.Generator, optional
+        On the mask's device; the same generator state gives the same selection.  ``None`` uses
+        torch's global generator.
+    full_keep, min_keep : float
+        Prefix only: floor :math:`a` of :math:`\pi` (the probability of keeping a whole row, so
+        weights are at most :math:`1/a`) and the always-kept leading fraction.
+    weight_dtype : torch.dtype, default float32
+        float32 or float64.
+
+    Returns
+    -------
+    Selection
+
+    Raises
+    ------
+    ValueError
+        ``keep`` outside (0, 1]; missing, non-positive or misplaced ``sizes``; unknown design;
+        a generator on another device; half ``weight_dtype``; infeasible prefix budget.
+
+    Notes
+    -----
+    The weights are :math:`w_{it} = I_{it}/\pi_{it}` with :math:`E[I_{it}] = \pi_{it}`, so
+    :math:`E[w_{it}] = m_{it}`: any loss linear in per-token terms, with denominators from the
+    full mask, is estimated without bias (:func:`~nat_estimators.rl.agg_loss`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import select_tokens
+    >>> m = torch.ones(2, 8, dtype=torch.bool)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> sel = select_tokens(m, "systematic", keep=0.25, generator=g)
+    >>> sel.mask.sum(-1).tolist(), sel.weights.max().item()
+    ([2, 2], 4.0)
+    >>> sel = select_tokens(m, "prefix", keep=0.5, generator=g)
+    >>> bool((sel.cut_lengths == sel.mask.sum(-1)).all())
+    True
+    """
+    m = as_bool_mask(response_mask, "response_mask")
+    check_weight_dtype(weight_dtype, "weight_dtype")
+    dev = m.device
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        if torch.device(generator.device) != dev and not (
+            generator.device.type == dev.type == "cpu"
+        ):
+            raise ValueError(
+                f"generator lives on {generator.device} but response_mask is on {dev}; create it "
+                f"with torch.Generator(device={str(dev)!r})"
+            )
+    if isinstance(design, Design):
+        d = design
+        if not isinstance(d.mask, torch.Tensor) or tuple(d.mask.shape) != tuple(m.shape) or not (
+            bool((d.mask == m).all())
+        ):
+            raise ValueError("design must be built on response_mask (design.mask != response_mask)")
+        if sizes is not None:
+            raise ValueError("sizes is only used when the design is given by name")
+    else:
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS} or a Design, got {design!r}")
+        kappa = check_fraction(keep, "keep")
+        proportional = design.endswith("_proportional")
+        if proportional:
+            if sizes is None:
+                raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
+            if not isinstance(sizes, torch.Tensor) or not sizes.is_floating_point():
+                raise ValueError("sizes must be a floating-point tensor")
+            check_same_shape(sizes, m, "sizes", "response_mask")
+            sizes = sizes.detach()
+            if bool((m & ~(torch.isfinite(sizes) & (sizes > 0))).any()):
+                raise ValueError(
+                    "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
+                    "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
+                    "sizes.clamp_min(1e-3 * sizes.max())"
+                )
+        elif sizes is not None:
+            raise ValueError(f"sizes is only used by the proportional designs, not {design!r}")
+        if design == "prefix":
+            d = Prefix.from_budget(kappa, mask=m, full_keep=full_keep, min_keep=min_keep)
+        elif design == "poisson":
+            d = Poisson.uniform(kappa, mask=m)
+        elif design == "simple_random":
+            d = SimpleRandom.from_fraction(kappa, mask=m)
+        elif design == "systematic":
+            d = Systematic.uniform(kappa, mask=m)
+        else:
+            assert sizes is not None
+            pi = _proportional_pi(sizes, m, kappa)
+            d = (Poisson if design == "poisson_proportional" else Systematic)(pi, mask=m)
+    if generator is None:
+        u = torch.rand(d.uniform_shape, dtype=torch.float64, device=dev)
+        sample = d.sample(u)
+    else:
+        sample = d.draw(generator)
+    return Selection.from_sample(d, sample, weight_dtype=weight_dtype)
