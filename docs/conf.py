@@ -91,7 +91,7 @@ templates_path = ["_templates"]
 root_doc = "index"
 
 # MyST
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution", "tasklist"]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
 

@@ -166,7 +166,7 @@ class Prefix(Design):
     ) -> Prefix:
         r"""Budget-first prefix design: keep a fraction ``keep`` of each row's tokens on average.
 
-        The survival function is piecewise linear: the first :math:`m_i = \lceil \mu N_i \rceil`
+        The survival function is piecewise linear: the first :math:`m_i = \lfloor \mu N_i \rfloor`
         eligible tokens are always kept, then :math:`\pi` decreases linearly and is floored at the
         full-keep probability :math:`a`:
 
@@ -185,11 +185,13 @@ class Prefix(Design):
         mask : array of bool, shape (..., N)
             Eligible positions (the response mask).
         full_keep : float, default 0.05
-            :math:`a = P(L = N_i)\ge`: the floor of :math:`\pi`, hence a bound
-            :math:`1/a` on the largest Horvitz–Thompson weight (see :meth:`max_weight`).
+            Full-keep probability :math:`a`: the floor of :math:`\pi`, so
+            :math:`P(L = N_i) \ge a` and the largest Horvitz–Thompson weight is at most
+            :math:`1/a` (see :meth:`max_weight`).
             Must be in (0, 1].
         min_keep : float, default 0.0
-            :math:`\mu`: fraction of each row always kept (a minimum prefix).
+            :math:`\mu`: fraction of each row always kept, :math:`m_i = \lfloor \mu N_i \rfloor`
+            tokens (a minimum prefix).
         dtype : dtype, optional
             Float dtype of :math:`\pi` (default float64 where available).
 
@@ -228,7 +230,8 @@ class Prefix(Design):
         dev = device_of(mask)
         dt = float64_or_best(xp, dev) if dtype is None else dtype
         count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)
-        m = xp.ceil(count * mu - 1e-9)
+        # floor (not ceil): then every row is feasible whenever keep >= mu + a (1 - mu)
+        m = xp.floor(count * mu + 1e-9)
         m = xp.minimum(xp.maximum(m, xp.zeros_like(m)), count)
         R = count - m
         T = count * kappa - m

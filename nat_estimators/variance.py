@@ -26,7 +26,7 @@ successive-differences estimator is the usual alternative there (Wolter 2007, §
 
 Fast paths (no :math:`N \times N` matrix): Poisson and simple random sampling in closed form,
 prefix cutting and systematic sampling by summing over their small support (:math:`N + 1` cuts;
-:math:`\le 2N` arcs of :math:`u`), all :math:`O(N)` or :math:`O(N \log N)` per row.
+:math:`\le N + 1` breakpoints of :math:`u`), all :math:`O(N)` or :math:`O(N \log N)` per row.
 """
 
 from __future__ import annotations
@@ -63,130 +63,255 @@ class BiasedVarianceEstimateWarning(UserWarning):
     """
 
 
-# ---------------------------------------------------------------------------- helpers
-def _prep_population(y: Array, design: Design, axis: int) -> tuple[Units, Array, Array]:
-    """y (zeroed at ineligible units) as (*batch, N, q), pi and y-check, in a float dtype."""
-    if not isinstance(design, Design):
-        raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
-    u = align_units(y, axis, tuple(design.mask.shape), design.mask)
-    xp = u.xp
-    mask = design.mask
-    yv = xp.where(mask[..., None], u.y, xp.zeros_like(u.y))
-    if not bool(xp.all(xp.isfinite(yv))):
-        raise ValueError("y contains NaN or Inf at eligible units; the variance needs all of y")
-    pi = design.inclusion_probabilities()
-    dt = xp.result_type(yv.dtype, pi.dtype)
-    yv = xp.astype(yv, dt)
-    pi = xp.astype(pi, dt)
-    safe = xp.where(mask, pi, xp.ones_like(pi))
-    ycheck = yv / safe[..., None]
-    return Units(xp=xp, y=yv, batch_shape=u.batch_shape, value_shape=u.value_shape), pi, ycheck
+# ---------------------------------------------------------------------------- engine
+# The fast paths work on rows flattened to (R, N, q) and process them in chunks of rows small
+# enough for the temporaries to stay in cache; every reduction over the unit axis is a matmul.
+_CHUNK_ELEMENTS = 1 << 19  # elements of y per chunk of rows (2 MiB of float32)
+_SCAN_BLOCK = 16  # block length of the blocked prefix-sum in _scan_sq
 
 
-def _quad(xp: Any, a: Array, b: Array, weights: Array, covariance: bool) -> Array:
-    """Sum over units of weights * a * b: diag (..., q) or outer (..., q, q)."""
-    if covariance:
-        return xp.matmul(xp.matrix_transpose(a * weights[..., None]), b)
-    return xp.sum(weights[..., None] * a * b, axis=-2)
+def _chunks(n_rows: int, per_row: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(per_row, 1))
+    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)] or [slice(0, 0)]
 
 
-def _outer_or_square(xp: Any, a: Array, covariance: bool) -> Array:
-    """a (..., q) -> a*a (..., q) or outer (..., q, q)."""
-    if covariance:
+def _quad(xp: Any, d: Array, p: Array, cov: bool) -> Array:
+    """``sum_j p_j d_j * d_j`` -> (R, q), or ``sum_j p_j d_j d_j^T`` -> (R, q, q).
+
+    ``d`` is (R, M, q), ``p`` is (R, M).
+    """
+    if cov:
+        return xp.matmul(xp.matrix_transpose(d * p[..., None]), d)
+    return xp.matmul(p[..., None, :], d * d)[..., 0, :]
+
+
+def _lin(xp: Any, y: Array, c: Array) -> Array:
+    """``sum_k c_k y_k`` -> (R, q) for ``y`` (R, N, q) and ``c`` (R, N)."""
+    return xp.matmul(c[..., None, :], y)[..., 0, :]
+
+
+def _outer(xp: Any, a: Array, cov: bool) -> Array:
+    """(R, q) -> ``a * a`` (R, q) or ``a a^T`` (R, q, q)."""
+    if cov:
         return a[..., :, None] * a[..., None, :]
     return a * a
 
 
+def _per_row(x: Array, cov: bool) -> Array:
+    """Broadcast a per-row (R,) factor against (R, q) or (R, q, q) results."""
+    return x[..., None, None] if cov else x[..., None]
+
+
+def _scan_sq(xp: Any, y: Array, w: Array | None, p: Array, c0: Array, cov: bool) -> Array:
+    r"""``sum_j p_j d_j d_j`` (or outer) with ``d_j = c0 + sum_{i <= j} w_i y_i`` along axis 1.
+
+    ``y`` (R, N, q); ``w`` (R, N) or None (then the increments are ``y`` itself); ``p`` (R, N);
+    ``c0`` (R, q).  A blocked prefix sum: the array API's ``cumulative_sum`` is a sequential scan
+    (slow on CPU), so the positions are split into blocks of ``_SCAN_BLOCK``, the block totals are
+    scanned (``N / _SCAN_BLOCK`` elements) and the positions inside the blocks are swept one offset
+    at a time, each step vectorised over all blocks.  O(N q) time, O(N q) memory.
+    """
+    n_rows, n, q = y.shape
+    s = _SCAN_BLOCK
+    nblk = n // s if n >= 4 * s else 0
+    acc = None
+    end = c0
+    if nblk:
+        n0 = nblk * s
+        y4 = xp.reshape(y[:, :n0, :], (n_rows, nblk, s, q))
+        # per-offset weights as contiguous (n_rows, nblk) rows (a strided operand would push
+        # numpy's matmul off BLAS): offset-major copies of the small (R, N) arrays
+        p3 = xp.reshape(xp.permute_dims(xp.reshape(p[:, :n0], (n_rows, nblk, s)), (0, 2, 1)),
+                        (n_rows, s * nblk))
+        if w is None:
+            xs = [y4[:, :, i, :] for i in range(s)]
+        else:
+            w3 = xp.reshape(xp.permute_dims(xp.reshape(w[:, :n0], (n_rows, nblk, s)), (0, 2, 1)),
+                            (n_rows, s * nblk))
+            xs = [w3[:, i * nblk : (i + 1) * nblk, None] * y4[:, :, i, :] for i in range(s)]
+        bsum = xs[0]
+        for x in xs[1:]:
+            bsum = bsum + x
+        cb = xp.cumulative_sum(bsum, axis=1)
+        cur = c0[:, None, :] + (cb - bsum)  # d just before each block
+        for i, x in enumerate(xs):
+            cur = cur + x
+            t = _quad(xp, cur, p3[:, i * nblk : (i + 1) * nblk], cov)
+            acc = t if acc is None else acc + t
+        end = c0 + cb[:, -1, :]
+    if nblk * s < n:
+        yt = y[:, nblk * s :, :]
+        xt = yt if w is None else w[:, nblk * s :, None] * yt
+        d = end[:, None, :] + xp.cumulative_sum(xt, axis=1)
+        t = _quad(xp, d, p[:, nblk * s :], cov)
+        acc = t if acc is None else acc + t
+    assert acc is not None
+    return acc
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A call's arrays with the row axes flattened: y (R, N, q), per-unit (R, N), per-row (R,)."""
+
+    xp: Any
+    y: Array
+    pi: Array
+    mask: Array
+    units: Units
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.y.shape[0])
+
+    def flat(self, a: Array) -> Array:
+        """(*batch, ...) -> (R, ...)."""
+        nb = len(self.units.batch_shape)
+        return self.xp.reshape(a, (self.n_rows, *a.shape[nb:]))
+
+    def run(self, fn: Any, y: Array, *per_unit: Array) -> Array:
+        """``fn(y_chunk, *per_unit_chunks)`` over chunks of rows, concatenated."""
+        xp = self.xp
+        per_row = int(y.shape[1]) * int(y.shape[2])
+        outs = [fn(y[sl, ...], *(a[sl, ...] for a in per_unit))
+                for sl in _chunks(self.n_rows, per_row)]
+        return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+
+    def restore(self, r: Array, cov: bool) -> Array:
+        u = self.units
+        return u.restore_cov(r) if cov else u.restore(r)
+
+
+def _rows(y: Array, design: Design, axis: int, extra: tuple[Array, ...] = ()) -> _Rows:
+    if not isinstance(design, Design):
+        raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
+    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask)
+    xp = u.xp
+    pi = design.inclusion_probabilities()
+    dt = xp.result_type(u.y.dtype, pi.dtype)
+    n_rows = 1
+    for b in u.batch_shape:
+        n_rows *= int(b)
+    n, q = int(u.y.shape[-2]), int(u.y.shape[-1])
+    yf = xp.reshape(xp.astype(u.y, dt, copy=False), (n_rows, n, q))
+    pif = xp.reshape(xp.astype(pi, dt, copy=False), (n_rows, n))
+    mf = xp.reshape(design.mask, (n_rows, n))
+    return _Rows(xp=xp, y=yf, pi=pif, mask=mf, units=u)
+
+
+def _weights(xp: Any, pi: Array, sel: Array) -> Array:
+    """``sel / pi`` (0 where not ``sel``)."""
+    return xp.where(sel, 1 / xp.where(sel, pi, xp.ones_like(pi)), xp.zeros_like(pi))
+
+
+def _prefix_cut_weights(xp: Any, pi: Array, mask: Array) -> tuple[Array, Array]:
+    """``P(L = rank_k)`` at each eligible position (0 elsewhere) and ``P(L = 0)``; rows (R, N).
+
+    ``pi`` is the survival function :math:`P(L \\ge k)` at eligible positions, 0 elsewhere.
+    """
+    n_rows = int(pi.shape[0])
+    order = xp.argsort(xp.astype(~mask, xp.int8), axis=-1, stable=True)
+    pc = gather_last(xp, pi, order)  # survival by rank 1..N, zeros beyond the eligible count
+    zero = xp.zeros((n_rows, 1), dtype=pi.dtype, device=pi.device)
+    pmf = pc - xp.concat([pc[:, 1:], zero], axis=-1)  # P(L = j), j = 1..N
+    rank = xp.cumulative_sum(xp.astype(mask, xp.int64), axis=-1)
+    p_pos = gather_last(xp, pmf, xp.maximum(rank - 1, xp.zeros_like(rank)))
+    return xp.where(mask, p_pos, xp.zeros_like(p_pos)), 1 - pc[:, 0]
+
+
 # ---------------------------------------------------------------------------- exact variance
-def _var_poisson(u: Units, pi: Array, ycheck: Array, mask: Array, cov: bool) -> Array:
-    # Delta_kk = pi(1 - pi), Delta_kl = 0:  V = sum_k (1 - pi_k) pi_k ycheck_k^2
-    xp = u.xp
-    w = xp.where(mask, (1 - pi) * pi, xp.zeros_like(pi))
-    return _quad(xp, ycheck, ycheck, w, cov)
+def _var_poisson(r: _Rows, y: Array, cov: bool) -> Array:
+    # Delta_kk = pi_k (1 - pi_k), Delta_kl = 0:  V = sum_k (1 - pi_k) y_k^2 / pi_k
+    xp = r.xp
+    c = xp.where(r.mask, (1 - r.pi) / xp.where(r.mask, r.pi, xp.ones_like(r.pi)),
+                 xp.zeros_like(r.pi))
+    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)
 
 
-def _var_srs(u: Units, design: SimpleRandom, cov: bool) -> Array:
+def _var_srs(r: _Rows, y: Array, design: SimpleRandom, cov: bool) -> Array:
     # V = N^2 (1 - n/N) S^2 / n,  S^2 = sum (y - ybar)^2 / (N - 1)   (Sarndal et al. eq. 3.3.8)
-    xp = u.xp
-    dt = u.y.dtype
-    n = xp.astype(design.n, dt)
-    N = xp.astype(design.eligible_count(), dt)
-    if bool(xp.any((n == 0) & (N > 0))):
+    xp = r.xp
+    dt = r.pi.dtype
+    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+    if bool(xp.any((n == 0) & (cnt > 0))):
         raise ValueError(
             "a SimpleRandom row samples n = 0 of N > 0 eligible tokens: pi = 0 there and the HT "
             "total is not unbiased, so its variance is undefined; use n >= 1"
         )
-    one = xp.ones_like(N)
-    ybar = xp.sum(u.y, axis=-2) / xp.where(N > 0, N, one)[..., None]
-    dev = xp.where(design.mask[..., None], u.y - ybar[..., None, :], xp.zeros_like(u.y))
-    s2 = _quad(xp, dev, dev, xp.astype(design.mask, dt), cov)
-    factor = xp.where((N > 1) & (n > 0), N * (N - n) / (xp.where(n > 0, n, one) *
-                                                         xp.where(N > 1, N - 1, one)),
-                      xp.zeros_like(N))
-    return s2 * (factor[..., None, None] if cov else factor[..., None])
+    one = xp.ones_like(cnt)
+    m = xp.astype(r.mask, dt)
+    inv_cnt = xp.where(cnt > 0, 1 / xp.where(cnt > 0, cnt, one), xp.zeros_like(cnt))
+    factor = xp.where((cnt > 1) & (n > 0),
+                      cnt * (cnt - n) / (xp.where(n > 0, n, one) * xp.where(cnt > 1, cnt - 1, one)),
+                      xp.zeros_like(cnt))
+
+    def chunk(yc: Array, mc: Array, ic: Array, fc: Array) -> Array:
+        ybar = _lin(xp, yc, mc) * ic[:, None]
+        dev = yc - ybar[:, None, :]
+        return _quad(xp, dev, mc, cov) * _per_row(fc, cov)
+
+    return r.run(chunk, y, m, inv_cnt, factor)
 
 
-def _var_prefix(u: Units, pi: Array, ycheck: Array, design: Prefix, cov: bool) -> Array:
+def _var_prefix(r: _Rows, y: Array, cov: bool) -> Array:
     # Sum over the N + 1 possible cuts L = j:  V = sum_j P(L = j) (C_j - Y)^2, where C_j is the
     # HT total of the first j eligible tokens (C_0 = 0).  Every term is >= 0 (no cancellation).
-    xp = u.xp
-    mask = design.mask
-    order = xp.argsort(xp.astype(~mask, xp.int8), axis=-1, stable=True)
-    pc = gather_last(xp, pi, order)  # survival over ranks 1..N, zeros beyond the count
-    zero = xp.zeros((*u.batch_shape, 1), dtype=pi.dtype, device=design.device)
-    p_c = pc - xp.concat([pc[..., 1:], zero], axis=-1)  # P(L = j), j = 1..N
-    p0 = 1 - pc[..., 0]  # P(L = 0)
-    rank = xp.cumulative_sum(xp.astype(mask, xp.int64), axis=-1)
-    p_pos = gather_last(xp, p_c, xp.maximum(rank - 1, xp.zeros_like(rank)))
-    p_pos = xp.where(mask, p_pos, xp.zeros_like(p_pos))
-    total = xp.sum(u.y, axis=-2)
-    d = xp.cumulative_sum(ycheck, axis=-2) - total[..., None, :]
-    v = _quad(xp, d, d, p_pos, cov)
-    t2 = _outer_or_square(xp, total, cov)
-    return v + (p0[..., None, None] if cov else p0[..., None]) * t2
+    xp = r.xp
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi, r.mask)
+    w = _weights(xp, r.pi, r.mask)
+    m = xp.astype(r.mask, r.pi.dtype)
+
+    def chunk(yc: Array, wc: Array, pc: Array, mc: Array, p0c: Array) -> Array:
+        total = _lin(xp, yc, mc)
+        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
+
+    return r.run(chunk, y, w, p_pos, m, p0)
 
 
-def _var_systematic(u: Units, ycheck: Array, design: Systematic, cov: bool) -> Array:
-    # u -> HT total is a step function: token k is in S iff u lies in the arc (s_k, s_k + pi_k]
-    # (mod 1), s_k = V_{k-1} mod 1.  Sweep the <= 2N arc endpoints in order, accumulating +ycheck
-    # at arc starts and -ycheck at arc ends (arcs wrapping past 1 start "on" at u = 0):
-    # V = sum over intervals  length * (value - Y)^2.
-    xp = u.xp
-    dt = ycheck.dtype
+def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
+    # u -> HT total is a step function on [0, 1).  Token k (0-based) is selected iff u lies in the
+    # arc (t_k, t_k + pi_k] (mod 1), t_k = frac(V_{k-1}); token k's arc ends where token k+1's
+    # starts, so the N + 1 points t_0 = 0, ..., t_{N-1}, frac(V_{N-1}) are the only breakpoints.
+    # At t_k the total jumps by ycheck_k - ycheck_{k-1} (ycheck_{-1} = ycheck_N = 0).  Starting from
+    # the sample at u = 0 and sweeping the sorted breakpoints: V = sum |interval| (value - Y)^2.
+    xp = r.xp
+    dt = r.pi.dtype
     f64 = float64_or_best(xp, design.device)
-    pi = xp.astype(design.pi, f64)
+    pi = xp.reshape(xp.astype(design.pi, f64), (r.n_rows, -1))
     v = xp.cumulative_sum(pi, axis=-1)
-    zero1 = xp.zeros((*u.batch_shape, 1), dtype=f64, device=design.device)
-    vprev = xp.concat([zero1, v[..., :-1]], axis=-1)
-    s = vprev - xp.floor(vprev)
-    e_raw = s + pi
-    wrap = e_raw > 1
-    e = xp.where(wrap, e_raw - 1, e_raw)
-    w0 = xp.sum(xp.where(wrap[..., None], ycheck, xp.zeros_like(ycheck)), axis=-2)
-    pos = xp.concat([s, e], axis=-1)
-    deltas = xp.concat([ycheck, -ycheck], axis=-2)
+    zero1 = xp.zeros((r.n_rows, 1), dtype=f64, device=design.device)
+    vprev = xp.concat([zero1, v[:, :-1]], axis=-1)
+    pos = xp.concat([vprev - xp.floor(vprev), v[:, -1:] - xp.floor(v[:, -1:])], axis=-1)
     order = xp.argsort(pos, axis=-1, stable=True)
     ps = gather_last(xp, pos, order)
-    q = ycheck.shape[-1]
-    idx = xp.broadcast_to(order[..., None], (*order.shape, q))
-    ds = xp.take_along_axis(deltas, idx, axis=-2)
-    vals = w0[..., None, :] + xp.cumulative_sum(ds, axis=-2)
-    one1 = xp.ones((*u.batch_shape, 1), dtype=f64, device=design.device)
-    lengths = xp.astype(xp.concat([ps[..., 1:], one1], axis=-1) - ps, dt)
-    total = xp.sum(u.y, axis=-2)
-    dv = vals - total[..., None, :]
-    first = xp.astype(ps[..., 0], dt)
-    d0 = w0 - total
-    out = _quad(xp, dv, dv, lengths, cov)
-    t = _outer_or_square(xp, d0, cov)
-    return out + (first[..., None, None] if cov else first[..., None]) * t
+    lengths = xp.astype(xp.concat([ps[:, 1:], zero1 + 1], axis=-1) - ps, dt)
+    at0 = (xp.floor(v) > xp.floor(vprev)) & r.mask  # the sample at u = 0 (Madow's rule)
+    w = _weights(xp, r.pi, r.mask)
+    w0 = xp.where(at0, w, xp.zeros_like(w))
+    m = xp.astype(r.mask, dt)
+
+    def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
+        nr, _, q = yc.shape
+        yck = wc[:, :, None] * yc
+        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
+        steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
+        idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
+        ds = xp.take_along_axis(steps, idx, axis=1)
+        start = _lin(xp, yc, w0c) - _lin(xp, yc, mc)  # HT total at u = 0 minus Y
+        return _scan_sq(xp, ds, None, lc, start, cov)
+
+    return r.run(chunk, y, w, w0, m, order, lengths)
 
 
-def _var_dense(u: Units, pi: Array, ycheck: Array, design: Design, cov: bool) -> Array:
-    xp = u.xp
-    p2 = xp.astype(design.joint_inclusion_probabilities(), pi.dtype)
-    delta = p2 - pi[..., :, None] * pi[..., None, :]
-    dy = xp.matmul(delta, ycheck)  # (..., N, q)
+def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
+    xp = r.xp
+    n = int(y.shape[1])
+    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), r.pi.dtype),
+                    (r.n_rows, n, n))
+    delta = p2 - r.pi[:, :, None] * r.pi[:, None, :]
+    w = _weights(xp, r.pi, r.mask)
+    ycheck = w[:, :, None] * y
+    dy = xp.matmul(delta, ycheck)  # (R, N, q)
     if cov:
         return xp.matmul(xp.matrix_transpose(ycheck), dy)
     return xp.sum(ycheck * dy, axis=-2)
@@ -205,8 +330,8 @@ def design_variance(
     Parameters
     ----------
     y : array, shape (..., N, *V)
-        Population values at every eligible unit (ignored at ineligible positions); ``axis`` is
-        the unit axis, axes after it are value axes (e.g. per-token gradients).
+        Population values at every eligible unit (ignored at ineligible positions, which may hold
+        NaN); ``axis`` is the unit axis, axes after it are value axes (e.g. per-token gradients).
     design : Design
         The sampling design; its arrays have shape ``(..., N)`` matching ``y`` up to ``axis``.
     axis : int, default -1
@@ -222,11 +347,18 @@ def design_variance(
     Returns
     -------
     array, shape (..., *V) or (..., *V, *V)
-        :math:`\sum_k\sum_l \Delta_{kl}\check y_k \check y_l` per component (or the covariance).
+        :math:`\sum_k\sum_l \Delta_{kl}\check y_k \check y_l` per component (or the covariance), in
+        the promoted dtype of ``y`` and the design's probabilities.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is NaN or Inf at an eligible unit, or its shape does not match the design.
 
     Notes
     -----
-    Fast paths (Särndal et al. 1992 for the closed forms):
+    Fast paths (Särndal et al. 1992 for the closed forms), none of which forms an
+    :math:`N \times N` array:
 
     * Poisson: :math:`V = \sum_k (1 - \pi_k)\, y_k^2/\pi_k`.
     * SimpleRandom: :math:`V = N^2 (1 - n/N) S_y^2 / n`, :math:`S_y^2 = \sum_k (y_k -
@@ -234,9 +366,9 @@ def design_variance(
     * Prefix: the cut :math:`L` takes :math:`N + 1` values with :math:`P(L = j) = \pi_j -
       \pi_{j+1}`, and the estimate for :math:`L = j` is :math:`C_j = \sum_{k \le j} \check y_k`,
       so :math:`V = \sum_{j=0}^{N} P(L = j)(C_j - Y)^2` — a sum of non-negative terms.
-    * Systematic: :math:`u \mapsto \hat Y(u)` is a step function with at most :math:`2N` steps
-      (arc endpoints :math:`V_{k-1} \bmod 1`, :math:`V_k \bmod 1`); sorting them gives
-      :math:`V = \sum_{\text{intervals}} |I| (\hat Y_I - Y)^2`.
+    * Systematic: :math:`u \mapsto \hat Y(u)` is a step function with at most :math:`N + 1`
+      breakpoints :math:`V_k \bmod 1`; sorting them gives
+      :math:`V = \sum_{\text{intervals}} |I| (\hat Y_I - Y)^2`, :math:`O(N \log N)`.
 
     Examples
     --------
@@ -249,23 +381,37 @@ def design_variance(
     >>> bool(np.isclose(nat.design_variance(y, d), nat.design_variance(y, d, method="dense")))
     True
     """
-    u, pi, ycheck = _prep_population(y, design, axis)
     if method not in ("auto", "dense"):
         raise ValueError(f"method must be 'auto' or 'dense', got {method!r}")
+    r = _rows(y, design, axis)
     cov = bool(covariance)
-    if method == "dense":
-        r = _var_dense(u, pi, ycheck, design, cov)
-    elif isinstance(design, Poisson):
-        r = _var_poisson(u, pi, ycheck, design.mask, cov)
-    elif isinstance(design, SimpleRandom):
-        r = _var_srs(u, design, cov)
-    elif isinstance(design, Prefix):
-        r = _var_prefix(u, pi, ycheck, design, cov)
-    elif isinstance(design, Systematic):
-        r = _var_systematic(u, ycheck, design, cov)
-    else:
-        r = _var_dense(u, pi, ycheck, design, cov)
-    return u.restore_cov(r) if cov else u.restore(r)
+
+    def compute(yv: Array) -> Array:
+        if method == "dense":
+            return _var_dense(r, yv, design, cov)
+        if isinstance(design, Poisson):
+            return _var_poisson(r, yv, cov)
+        if isinstance(design, SimpleRandom):
+            return _var_srs(r, yv, design, cov)
+        if isinstance(design, Prefix):
+            return _var_prefix(r, yv, cov)
+        if isinstance(design, Systematic):
+            return _var_systematic(r, yv, design, cov)
+        return _var_dense(r, yv, design, cov)
+
+    xp = r.xp
+    # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
+    # enter with weight 0, so a non-finite result means NaN/Inf padding there (recompute with it
+    # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (returned as is).
+    out = compute(r.y)
+    if not bool(xp.all(xp.isfinite(out))):
+        m3 = r.mask[:, :, None]
+        if not bool(xp.all(xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y))))):
+            raise ValueError(
+                "y contains NaN or Inf at eligible units; the design variance needs all of y"
+            )
+        out = compute(xp.where(m3, r.y, xp.zeros_like(r.y)))
+    return r.restore(out, cov)
 
 
 # ---------------------------------------------------------------------------- estimators
@@ -283,71 +429,78 @@ def _check_sample(xp: Any, mask: Array, design: Design) -> Array:
     return mask
 
 
-def namespace_of(a: Array) -> Any:
-    from ._compat import namespace
+def _est_poisson(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
+    # v_HT = sum_{k in S} (1 - pi_k) ycheck_k^2   (Delta-check_kk = 1 - pi_k, 0 off the diagonal)
+    xp = r.xp
+    w = _weights(xp, r.pi, s)
+    c = w * w * (1 - r.pi)
+    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)
 
-    return namespace(a)
 
-
-def _est_srs(a: Array, pi: Array, s: Array, design: SimpleRandom, method: str, cov: bool) -> Array:
-    # Delta-check is constant off the diagonal: c = 1 - pi^2/pi_kl = 1 - n(N - 1)/(N(n - 1)).
-    xp = namespace_of(a)
-    dt = a.dtype
-    n = xp.astype(design.n, dt)
-    N = xp.astype(design.eligible_count(), dt)
+def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, cov: bool) -> Array:
+    # Delta-check is constant off the diagonal: c = 1 - pi^2/pi_kl = (n - N) / (N (n - 1)), and
+    # 1 - pi on it.  With m sampled units, a = ycheck, abar their mean and SS = sum_S (a - abar)^2:
+    #   v_HT  = (1 - pi - c) SS + m ((1 - pi) + c (m - 1)) abar^2   (second term 0 when m = n)
+    #   v_SYG = -c m SS
+    # i.e. N^2 (1 - f) s^2 / n for a valid sample, computed from deviations (no cancellation).
+    xp = r.xp
+    dt = r.pi.dtype
+    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
     one = xp.ones_like(n)
-    if bool(xp.any((n == 1) & (N > 1))):
+    if bool(xp.any((n == 1) & (cnt > 1))):
+        what = "0" if method == "syg" else "(1 - pi) ycheck^2, from the sampled unit alone"
         warnings.warn(
             "SimpleRandom with n = 1 has pi_kl = 0 for every pair: the variance estimate is "
-            "biased (it is 0); use n >= 2",
+            f"biased (it is {what}); use n >= 2",
             BiasedVarianceEstimateWarning,
             stacklevel=3,
         )
-    c = xp.where((n > 1) & (N > 1), 1 - n * (N - 1) / (N * xp.where(n > 1, n - 1, one)),
+    c = xp.where((n > 1) & (cnt > 1), (n - cnt) / (cnt * xp.where(n > 1, n - 1, one)),
                  xp.zeros_like(n))
-    d = 1 - xp.astype(pi, dt)
-    av = xp.where(s[..., None], a, xp.zeros_like(a))
-    tot = xp.sum(av, axis=-2)
+    pi_row = xp.where(cnt > 0, n / xp.where(cnt > 0, cnt, one), xp.zeros_like(n))
+    sf = xp.astype(s, dt)
+    m = xp.sum(sf, axis=-1)
+    inv_m = xp.where(m > 0, 1 / xp.where(m > 0, m, one), xp.zeros_like(m))
+    w = _weights(xp, r.pi, s)
     if method == "syg":
-        # -1/2 sum_{k,l in S} c (a_k - a_l)^2 = -c (n sum a^2 - (sum a)^2)
-        nn = xp.sum(xp.astype(s, dt), axis=-1)
-        sq = _quad(xp, av, av, xp.ones(s.shape, dtype=dt, device=a.device), cov)
-        t2 = _outer_or_square(xp, tot, cov)
-        cc = c[..., None, None] if cov else c[..., None]
-        nnn = nn[..., None, None] if cov else nn[..., None]
-        return -cc * (nnn * sq - t2)
-    diag = _quad(xp, av, av, xp.where(s, d, xp.zeros_like(d)), cov)
-    sq = _quad(xp, av, av, xp.astype(s, dt), cov)
-    t2 = _outer_or_square(xp, tot, cov)
-    cc = c[..., None, None] if cov else c[..., None]
-    return diag + cc * (t2 - sq)
+        f_ss, f_mean = -c * m, xp.zeros_like(m)
+    else:
+        f_ss, f_mean = 1 - pi_row - c, m * ((1 - pi_row) + c * (m - 1))
+
+    def chunk(yc: Array, wc: Array, sc: Array, ic: Array, fs: Array, fm: Array) -> Array:
+        a = wc[:, :, None] * yc
+        abar = _lin(xp, yc, wc) * ic[:, None]
+        ss = _quad(xp, a - abar[:, None, :], sc, cov)
+        return _per_row(fs, cov) * ss + _per_row(fm, cov) * _outer(xp, abar, cov)
+
+    return r.run(chunk, y, w, sf, inv_m, f_ss, f_mean)
 
 
-def _est_prefix(a: Array, pi: Array, s: Array, cov: bool) -> Array:
-    # Delta-check_kl = 1 - max(pi_k, pi_l); in position order max(pi_k, pi_l) is pi at the earlier
-    # unit, so  v = Yhat^2 - sum_k pi_k a_k (2 R_k - a_k),  R_k = sum_{l >= k, l in S} a_l.
-    xp = namespace_of(a)
-    av = xp.where(s[..., None], a, xp.zeros_like(a))
-    tot = xp.sum(av, axis=-2)
-    r = tot[..., None, :] - xp.cumulative_sum(av, axis=-2) + av
-    p = xp.where(s, xp.astype(pi, a.dtype), xp.zeros_like(xp.astype(pi, a.dtype)))
-    if cov:
-        m = _quad(xp, av, r, p, True)
-        m = m + xp.matrix_transpose(m) - _quad(xp, av, av, p, True)
-        return _outer_or_square(xp, tot, True) - m
-    m = xp.sum(p[..., None] * av * (2 * r - av), axis=-2)
-    return tot * tot - m
+def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
+    # Delta-check_kl = 1 - max(pi_k, pi_l) = 1 - pi_min(k,l) (pi non-increasing).  Summing by parts
+    # over the cuts: v_HT = sum_{j=0}^{N} P(L = j) (C_j - Yhat)^2, where C_j is the HT total of the
+    # sample's first j eligible tokens — the exact-variance formula with the estimate Yhat in place
+    # of Y.  Non-negative, and no cancellation.
+    xp = r.xp
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi, r.mask)
+    w = _weights(xp, r.pi, s)
+
+    def chunk(yc: Array, wc: Array, pc: Array, p0c: Array) -> Array:
+        total = _lin(xp, yc, wc)
+        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
+
+    return r.run(chunk, y, w, p_pos, p0)
 
 
-def _est_dense(
-    a: Array, pi: Array, s: Array, design: Design, method: str, cov: bool
-) -> Array:
-    xp = namespace_of(a)
-    dt = a.dtype
-    p2 = xp.astype(design.joint_inclusion_probabilities(), dt)
-    pi = xp.astype(pi, dt)
-    both = s[..., :, None] & s[..., None, :]
-    elig = design.mask[..., :, None] & design.mask[..., None, :]
+def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: bool) -> Array:
+    xp = r.xp
+    dt = r.pi.dtype
+    n = int(y.shape[1])
+    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
+    pi = r.pi
+    both = s[:, :, None] & s[:, None, :]
+    elig = r.mask[:, :, None] & r.mask[:, None, :]
     if bool(xp.any(elig & (p2 <= 0))):
         warnings.warn(
             f"{type(design).__name__} has pairs of eligible units with joint inclusion probability "
@@ -358,43 +511,43 @@ def _est_dense(
             stacklevel=3,
         )
     safe = xp.where(both, p2, xp.ones_like(p2))
-    dchk = xp.where(both, (p2 - pi[..., :, None] * pi[..., None, :]) / safe, xp.zeros_like(p2))
-    av = xp.where(s[..., None], a, xp.zeros_like(a))
+    dchk = xp.where(both, (p2 - pi[:, :, None] * pi[:, None, :]) / safe, xp.zeros_like(p2))
+    a = _weights(xp, pi, s)[:, :, None] * y
+    quad = xp.matmul(dchk, a)
     if method == "syg":
         # -1/2 sum dchk (a_k - a_l)^2 = -(sum_k rowsum_k a_k^2 - a^T dchk a)
         rows = xp.sum(dchk, axis=-1)
-        quad = xp.matmul(dchk, av)
         if cov:
-            t1 = _quad(xp, av, av, rows, True)
-            t2 = xp.matmul(xp.matrix_transpose(av), quad)
-            return -(t1 - t2)
-        return -(xp.sum(rows[..., None] * av * av, axis=-2) - xp.sum(av * quad, axis=-2))
-    quad = xp.matmul(dchk, av)
+            return -(_quad(xp, a, rows, True) - xp.matmul(xp.matrix_transpose(a), quad))
+        return -(xp.sum(rows[:, :, None] * a * a, axis=-2) - xp.sum(a * quad, axis=-2))
     if cov:
-        return xp.matmul(xp.matrix_transpose(av), quad)
-    return xp.sum(av * quad, axis=-2)
+        return xp.matmul(xp.matrix_transpose(a), quad)
+    return xp.sum(a * quad, axis=-2)
 
 
-def _est_successive(a: Array, s: Array, cov: bool) -> Array:
-    # v_SD = n / (2 (n - 1)) sum_{j=2}^{n} (a_(j) - a_(j-1))^2 over the sampled units in order
-    # (Wolter 2007, Introduction to Variance Estimation, 2nd ed., section 8.2, estimator v_2).
-    xp = namespace_of(a)
-    dt = a.dtype
+def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
+    # v_SD = (1 - f) n / (2 (n - 1)) sum_{j=2}^{n} (a_(j) - a_(j-1))^2 over the sampled units in
+    # position order, f = n / N (Wolter 2007, Introduction to Variance Estimation, 2nd ed.,
+    # section 8.2, estimator v_2, written for the total: a = y / pi).
+    xp = r.xp
+    dt = r.pi.dtype
     n = xp.sum(xp.astype(s, xp.int64), axis=-1)
     if bool(xp.any(n < 2)):
         raise ValueError(
-            "the successive-differences estimator needs at least 2 sampled units in every row"
+            "mask: the successive-differences estimator needs at least 2 sampled units in every "
+            "row (some row has fewer)"
         )
+    a = _weights(xp, r.pi, s)[:, :, None] * y
     order = xp.argsort(xp.astype(~s, xp.int8), axis=-1, stable=True)
-    q = a.shape[-1]
-    ac = xp.take_along_axis(a, xp.broadcast_to(order[..., None], (*order.shape, q)), axis=-2)
-    diff = ac[..., 1:, :] - ac[..., :-1, :]
-    k = xp.arange(1, s.shape[-1], dtype=xp.int64, device=a.device)
-    valid = xp.astype(k < n[..., None], dt)
+    q = int(a.shape[-1])
+    ac = xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], (*order.shape, q)), axis=-2)
+    diff = ac[:, 1:, :] - ac[:, :-1, :]
+    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=a.device)
+    valid = xp.astype(k < n[:, None], dt)
     nf = xp.astype(n, dt)
-    f = nf / (2 * (nf - 1))
-    r = _quad(xp, diff, diff, valid, cov)
-    return r * (f[..., None, None] if cov else f[..., None])
+    cnt = xp.astype(xp.sum(xp.astype(r.mask, xp.int64), axis=-1), dt)
+    f = (1 - nf / cnt) * nf / (2 * (nf - 1))
+    return _quad(xp, diff, valid, cov) * _per_row(f, cov)
 
 
 def variance_estimate(
@@ -412,7 +565,7 @@ def variance_estimate(
     Parameters
     ----------
     y : array, shape (..., N, *V)
-        Values; only sampled units are read (others may be NaN).
+        Values; only sampled units are read (others may be NaN or Inf).
     mask : array of bool, shape (..., N)
         The sample :math:`S`; must be a subset of ``design.mask``.
     design : Design
@@ -421,15 +574,18 @@ def variance_estimate(
         ``"ht"``: :math:`v_{HT} = \sum_{k,l \in S} \check\Delta_{kl}\check y_k\check y_l`.
         ``"syg"``: :math:`v_{SYG} = -\frac12\sum_{k,l\in S}\check\Delta_{kl}(\check y_k -
         \check y_l)^2`, fixed-size designs only (``ValueError`` otherwise).
-        ``"successive_differences"``: :math:`v_{SD} = \frac{n}{2(n-1)}\sum_{j=2}^{n}
-        (\check y_{(j)} - \check y_{(j-1)})^2` over the sampled units in position order — the
-        standard choice for systematic samples (Wolter 2007, §8.2), approximately unbiased when
-        :math:`\check y` varies smoothly along the sequence, conservative under a trend; it is
-        not design-unbiased for any design.
+        ``"successive_differences"``: :math:`v_{SD} = (1 - f)\frac{n}{2(n-1)}\sum_{j=2}^{n}
+        (\check y_{(j)} - \check y_{(j-1)})^2` over the :math:`n` sampled units in position
+        order, :math:`f = n/N` — the standard choice for systematic samples (Wolter 2007, §8.2,
+        :math:`v_2`), approximately unbiased when :math:`\check y` varies smoothly along the
+        sequence (exactly, on average over random orderings, for equal probabilities),
+        conservative under a trend; it is not design-unbiased for any design.  For unequal
+        :math:`\pi` the finite-population correction :math:`1 - n/N` is an approximation.
     estimator : {"ht", "hajek"}
         ``"ht"``: variance of the HT total.  ``"hajek"``: linearized variance of the Hájek mean
         :math:`\bar y_H`, i.e. the chosen ``method`` applied to
-        :math:`z_k = (y_k - \bar y_H)/\hat N` (Särndal et al. 1992, §5.7).
+        :math:`z_k = (y_k - \bar y_H)/\hat N` (Särndal et al. 1992, §5.7) — what R's
+        ``survey::svymean`` reports as its squared SE.
     axis : int, default -1
         Unit axis of ``y``.
     covariance : bool, default False
@@ -439,7 +595,16 @@ def variance_estimate(
     -------
     array, shape (..., *V) (or (..., *V, *V))
         The estimate.  Unbiased for :func:`design_variance` when every
-        :math:`\pi_{kl} > 0` (method ``"ht"``; ``"syg"`` for fixed sizes); may be negative.
+        :math:`\pi_{kl} > 0` (method ``"ht"``; ``"syg"`` for fixed sizes).  ``"ht"`` may be
+        negative for some designs (never for Poisson, SimpleRandom or Prefix).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``/``estimator``; ``"syg"`` on a random-size design (Poisson, Prefix,
+        Systematic with a non-integer :math:`\sum\pi`); ``mask`` not a subset of the design's
+        eligible units; an empty sample with ``estimator="hajek"``; fewer than 2 sampled units
+        with ``"successive_differences"``; NaN/Inf in ``y`` at a sampled unit.
 
     Warns
     -----
@@ -449,10 +614,12 @@ def variance_estimate(
 
     Notes
     -----
-    Fast paths: Poisson (:math:`\check\Delta_{kl} = 0` off the diagonal, :math:`1 - \pi_k` on it),
-    SimpleRandom (constant off-diagonal :math:`\check\Delta`), Prefix
-    (:math:`\check\Delta_{kl} = 1 - \max(\pi_k, \pi_l)`, a suffix-sum identity gives
-    :math:`O(N)`); other designs use the dense :math:`\check\Delta` (small ``N``).
+    Fast paths, :math:`O(N)` per row: Poisson (:math:`\check\Delta_{kl} = 0` off the diagonal,
+    :math:`1 - \pi_k` on it), SimpleRandom (constant off-diagonal :math:`\check\Delta`, computed
+    from deviations as :math:`N^2(1 - f)s^2/n`), Prefix (:math:`\check\Delta_{kl} = 1 -
+    \max(\pi_k, \pi_l)`; summing by parts gives :math:`v_{HT} = \sum_{j=0}^{N} P(L = j)(C_j -
+    \hat Y)^2` with :math:`C_j` the estimate from the sample's first :math:`j` tokens).  Other
+    designs (Systematic) use the dense :math:`\check\Delta`, :math:`O(N^2)` memory per row.
 
     Examples
     --------
@@ -467,47 +634,40 @@ def variance_estimate(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    if not isinstance(design, Design):
-        raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
-    u = align_units(y, axis, tuple(design.mask.shape), mask, design.mask)
-    xp = u.xp
-    s = _check_sample(xp, mask, design)
-    pi = design.inclusion_probabilities()
-    dt = xp.result_type(u.y.dtype, pi.dtype)
-    pi = xp.astype(pi, dt)
-    yv = xp.where(s[..., None], xp.astype(u.y, dt), xp.zeros((1,), dtype=dt, device=pi.device))
-    if not bool(xp.all(xp.isfinite(yv))):
-        raise ValueError("y contains NaN or Inf at sampled units")
-    safe = xp.where(s, pi, xp.ones_like(pi))
-    w = xp.where(s, 1 / safe, xp.zeros_like(pi))
-    if estimator == "hajek":
-        nhat = xp.sum(w, axis=-1)
-        if bool(xp.any(nhat <= 0)):
-            raise ValueError(
-                "the Hájek mean (hence its variance) is undefined for an empty sample; a row has "
-                "no sampled units"
-            )
-        ybar = xp.sum(w[..., None] * yv, axis=-2) / nhat[..., None]
-        yv = xp.where(s[..., None], (yv - ybar[..., None, :]) / nhat[..., None, None],
-                      xp.zeros_like(yv))
-    a = w[..., None] * yv  # y-check at sampled units, 0 elsewhere
-    cov = bool(covariance)
-    if method == "successive_differences":
-        r = _est_successive(a, s, cov)
-    elif method == "syg" and not design.has_fixed_size():
+    r = _rows(y, design, axis, (mask,))
+    xp = r.xp
+    s = xp.reshape(_check_sample(xp, mask, design), (r.n_rows, -1))
+    if method == "syg" and not design.has_fixed_size():
         raise ValueError(
             f"method='syg' needs a fixed-size design; this {type(design).__name__} design has a "
             "random sample size. Use method='ht'"
         )
+    zero = xp.zeros((1,), dtype=r.y.dtype, device=r.y.device)
+    yv = xp.where(s[:, :, None], r.y, zero)  # values at unsampled units are never read
+    if not bool(xp.all(xp.isfinite(yv))):
+        raise ValueError("y contains NaN or Inf at sampled units")
+    if estimator == "hajek":
+        w = _weights(xp, r.pi, s)
+        nhat = xp.sum(w, axis=-1)
+        if bool(xp.any(nhat <= 0)):
+            raise ValueError(
+                "the Hájek mean (hence its variance) is undefined for an empty sample; a row of "
+                "mask has no sampled units"
+            )
+        ybar = _lin(xp, yv, w) / nhat[:, None]
+        yv = xp.where(s[:, :, None], (yv - ybar[:, None, :]) / nhat[:, None, None], zero)
+    cov = bool(covariance)
+    if method == "successive_differences":
+        out = _est_successive(r, yv, s, cov)
     elif isinstance(design, Poisson):
-        r = _quad(xp, a, a, xp.where(s, 1 - pi, xp.zeros_like(pi)), cov)
+        out = _est_poisson(r, yv, s, cov)
     elif isinstance(design, SimpleRandom):
-        r = _est_srs(a, pi, s, design, method, cov)
+        out = _est_srs(r, yv, s, design, method, cov)
     elif isinstance(design, Prefix) and method == "ht":
-        r = _est_prefix(a, pi, s, cov)
+        out = _est_prefix(r, yv, s, cov)
     else:
-        r = _est_dense(a, pi, s, design, method, cov)
-    return u.restore_cov(r) if cov else u.restore(r)
+        out = _est_dense(r, yv, s, design, method, cov)
+    return r.restore(out, cov)
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -561,11 +721,13 @@ def design_summary(design: Design, y: Array | None = None, *, axis: int = -1) ->
     if y is None:
         return DesignSummary(expected_size=es, keep_fraction=kf, max_weight=mw)
     var = design_variance(y, design, axis=axis)
-    u, _, _ = _prep_population(y, design, axis)
-    vsum = xp.sum(xp.reshape(var, (*u.batch_shape, -1)), axis=-1)
-    tot = xp.sum(u.y, axis=-2)
+    r = _rows(y, design, axis)
+    yv = xp.where(r.mask[:, :, None], r.y, xp.zeros_like(r.y))
+    vsum = xp.sum(xp.reshape(var, (r.n_rows, -1)), axis=-1)
+    tot = xp.sum(yv, axis=-2)
     y2 = xp.sum(tot * tot, axis=-1)
-    e2 = xp.sum(xp.sum(u.y * u.y, axis=-1), axis=-1)
-    rel = vsum / xp.where(y2 > 0, y2, xp.ones_like(y2))
-    infl = vsum / xp.where(e2 > 0, e2, xp.ones_like(e2))
+    e2 = xp.sum(xp.sum(yv * yv, axis=-1), axis=-1)
+    bshape = r.units.batch_shape
+    rel = xp.reshape(vsum / xp.where(y2 > 0, y2, xp.ones_like(y2)), bshape)
+    infl = xp.reshape(vsum / xp.where(e2 > 0, e2, xp.ones_like(e2)), bshape)
     return DesignSummary(es, kf, mw, var, rel, infl)

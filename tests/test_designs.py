@@ -413,7 +413,7 @@ class TestPrefix(_PiDesignContract):
         for idx in np.ndindex(2, 3):
             p = pi[idx][mask[idx]]
             assert np.all(np.diff(p) <= 0) and np.all(p > 0) and np.all(p <= 1)
-            assert np.all(p[: math.ceil(min_keep * cnt[idx] - 1e-9)] == 1)
+            assert np.all(p[: math.floor(min_keep * cnt[idx] + 1e-9)] == 1)
         assert np.all(pi[~mask] == 0)
 
 

@@ -223,7 +223,7 @@ def test_prefix(backend: Any, data: tuple[np.ndarray, np.ndarray], u: float) -> 
 def test_prefix_from_budget(backend: Any, mask: np.ndarray, keep: float, full_keep: float,
                             min_keep: float) -> None:
     cnt = mask.sum(-1)
-    m = np.ceil(cnt * min_keep - 1e-9)
+    m = np.floor(cnt * min_keep + 1e-9)
     need = np.where(cnt > 0, (m + full_keep * (cnt - m)) / np.maximum(cnt, 1), 0)
     mk = backend.asarray(mask)
     if np.any(keep < need - 1e-8):

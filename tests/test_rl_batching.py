@@ -16,6 +16,14 @@ from nat_estimators.rl import (
 V = 13
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_batch(seed=0):
     """Rows = prompt + response, mixed left/right padding, tool tokens, one empty response."""
     g = torch.Generator().manual_seed(seed)

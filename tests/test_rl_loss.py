@@ -186,7 +186,7 @@ def test_coefficient_form(mode, normalizer):
     torch.testing.assert_close(got, (c * loss).sum(), rtol=1e-14, atol=1e-15)
 
 
-@pytest.mark.parametrize("mode", VERL_MODES + ("grpo", "dr_grpo", "dapo"))
+@pytest.mark.parametrize("mode", (*VERL_MODES, "grpo", "dr_grpo", "dapo"))
 def test_unit_weights_equal_full_loss(mode):
     loss, mask = ragged_batch()
     full = agg_loss(loss, mask, mode, const_len=9)

@@ -114,9 +114,9 @@ def test_prefix_budget_options():
     sel = select_tokens(m, "prefix", 0.6, full_keep=0.2, min_keep=0.25,
                         generator=torch.Generator().manual_seed(0))
     assert float(sel.weights.max()) <= 1 / 0.2 + 1e-6
-    # the first ceil(0.25 N_i) eligible tokens are always kept
+    # the first floor(0.25 N_i) eligible tokens are always kept
     rank = torch.cumsum(m.long(), -1)
-    must = m & (rank <= torch.ceil(0.25 * m.sum(-1, keepdim=True).double()))
+    must = m & (rank <= torch.floor(0.25 * m.sum(-1, keepdim=True).double()))
     assert (sel.pi[must] == 1).all()
 
 

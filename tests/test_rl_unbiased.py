@@ -47,6 +47,15 @@ CONST_LEN = 8
 V = 9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def setup():
     torch.manual_seed(0)
     model = TinyCausalLM(vocab_size=V, d_model=8, n_heads=2, n_layers=1, max_len=16,
@@ -56,8 +65,8 @@ def setup():
     ids = torch.randint(0, V, (3, T), generator=g)
     am = torch.zeros(3, T, dtype=torch.bool)
     rm = torch.zeros(3, T, dtype=torch.bool)
-    am[0, :9], rm[0, 2:9] = True, True
-    rm[0, 4] = False  # tool token: 6 eligible, non-contiguous
+    am[0, :9], rm[0, 2:7] = True, True
+    rm[0, 4] = False  # tool token: 4 eligible, non-contiguous; 2 trailing non-loss tokens
     am[1, 3:], rm[1, 6:] = True, True  # left padded, 4 eligible
     rm[1, 8] = False  # 3 eligible
     am[2, :4] = True  # prompt only: no eligible token
@@ -130,9 +139,10 @@ def row_support(design, i):
     if isinstance(design, nat.Poisson):
         out = []
         for bits in itertools.product([0, 1], repeat=len(elig)):
-            p = math.prod(float(pi[k]) if b else 1 - float(pi[k]) for k, b in zip(elig, bits))
+            pairs = list(zip(elig, bits, strict=True))
+            p = math.prod(float(pi[k]) if b else 1 - float(pi[k]) for k, b in pairs)
             if p > 0:
-                out.append((p, sample_of([k for k, b in zip(elig, bits) if b])))
+                out.append((p, sample_of([k for k, b in pairs if b])))
         return out
     if isinstance(design, nat.SimpleRandom):
         n = int(design.n[i])

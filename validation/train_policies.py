@@ -121,13 +121,17 @@ def train_one(name: str, spec: dict[str, Any], *, steps: int, prompts: int, grou
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(POLICY_DIR), help="output folder (default %(default)s)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", choices=sorted(DEFAULTS), help="train one policy")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: these models are too small to gain from "
+                        "more, and extra threads thrash on a shared machine)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                  for k, v in model.state_dict().items()}
         torch.save(state, out / fname)
         info.update(weights=fname, device=str(device), torch_version=torch.__version__,
+                    threads=torch.get_num_threads(),
                     weights_bytes=(out / fname).stat().st_size)
         manifest["policies"][name] = info
         print(f"[{name}] reward {info['reward_before']:.3f} -> {info['reward_after']:.3f}; "

@@ -170,8 +170,11 @@ class GRPOBatch:
         check_same_shape(rm, ids, "response_mask", "input_ids")
         if bool((rm & ~am).any()):
             raise ValueError("response_mask marks padding positions (outside attention_mask)")
-        if bool(rm[:, 0].any()):
-            raise ValueError("response_mask[:, 0] is set: a response token needs a prompt before")
+        if bool(rm[:, 0].any()) or bool((rm[:, 1:] & ~am[:, :-1]).any()):
+            raise ValueError(
+                "response_mask marks a token with no real token before it (position 0 or right "
+                "after padding): its log-probability needs a context; keep a non-empty prompt"
+            )
         a = self.advantages
         if not isinstance(a, torch.Tensor) or a.shape not in ((ids.shape[0],), tuple(ids.shape)):
             raise ValueError(f"advantages must have shape ({ids.shape[0]},) or {tuple(ids.shape)}")
@@ -418,7 +421,7 @@ def grpo_backward(
             batch.response_mask,
             config.design,  # type: ignore[arg-type]
             config.keep,
-            sizes=batch.sizes,
+            sizes=batch.sizes if config.design.endswith("_proportional") else None,
             generator=generator,
             full_keep=config.full_keep,
             min_keep=config.min_keep,

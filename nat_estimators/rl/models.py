@@ -8,7 +8,6 @@ outputs at real tokens, and so does a cropped, re-packed row).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -38,9 +37,8 @@ class _Block(nn.Module):
         q = q.view(B, T, h, D // h).transpose(1, 2)
         k = k.view(B, T, h, D // h).transpose(1, 2)
         v = v.view(B, T, h, D // h).transpose(1, 2)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(D // h)
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        att = torch.softmax(scores, dim=-1) @ v
+        # softmax(q k^T / sqrt(d) masked) v; SDPA picks a memory-efficient kernel where it can
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
         x = x + self.proj(att.transpose(1, 2).reshape(B, T, D))
         return x + self.mlp(self.ln2(x))
 
