@@ -28,7 +28,22 @@ __all__ = ["Design"]
 
 
 class Design(abc.ABC):
-    """Abstract base class of the sampling designs (frozen values, keyword-only options)."""
+    """Abstract base class of the sampling designs (frozen values, keyword-only options).
+
+    Subclasses implement :attr:`uniform_shape`, :meth:`inclusion_probabilities`,
+    :meth:`joint_inclusion_probabilities` and the selection rule; :meth:`sample` validates the
+    uniforms and :meth:`draw` adapts a random number generator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((2, 6), dtype=bool), full_keep=0.2)
+    >>> isinstance(d, nat.Design), d.batch_shape, d.uniform_shape
+    (True, (2,), (2,))
+    >>> d.draw(0).shape
+    (2, 6)
+    """
 
     mask: Array
 

@@ -102,6 +102,17 @@ class Poisson(Design):
 
         See :func:`~nat_estimators.inclusion_probabilities`.  Tokens with size 0 would get
         :math:`\pi = 0`, which is refused for eligible tokens: add a small floor to ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> entropy = np.array([0.1, 0.4, 2.0, 0.5])
+        >>> d = nat.Poisson.proportional(entropy, 2)
+        >>> d.inclusion_probabilities()
+        array([0.1, 0.4, 1. , 0.5])
+        >>> float(d.expected_size())
+        2.0
         """
         return cls(inclusion_probabilities(x, n, mask=mask), mask=mask)
 

@@ -120,6 +120,18 @@ class SimpleRandom(Design):
             Keep fraction :math:`\kappa \in (0, 1]`.
         mask : array of bool, shape (..., N)
             Eligible positions.  Rows without eligible tokens get :math:`n_i = 0`.
+
+        Notes
+        -----
+        :math:`\mathrm{round}` rounds halves to even (``2.5 -> 2``), as ``numpy.round`` does.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> mask = np.array([[True] * 6, [True, True, True, False, False, False]])
+        >>> nat.SimpleRandom.from_fraction(0.5, mask=mask).n
+        array([3, 2])
         """
         xp = namespace(mask)
         mask = check_bool_mask(xp, mask, "mask")

@@ -87,6 +87,14 @@ class Systematic(Design):
         r"""Equal probabilities :math:`\pi_k = \kappa` ("every :math:`1/\kappa`-th token").
 
         The size is :math:`\lfloor \kappa N_i \rfloor` or :math:`\lceil \kappa N_i \rceil`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Systematic.uniform(0.25, mask=np.ones(8, dtype=bool))
+        >>> d.sample(np.array(0.1))
+        array([ True, False, False, False,  True, False, False, False])
         """
         p = Poisson.uniform(keep, mask=mask)
         return cls(p.pi, mask=p.mask)
@@ -94,7 +102,18 @@ class Systematic(Design):
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Systematic:
         r""":math:`\pi_k = \min(1, c x_k)` with :math:`\sum_k \pi_k = n` (see
-        :func:`~nat_estimators.inclusion_probabilities`)."""
+        :func:`~nat_estimators.inclusion_probabilities`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Systematic.proportional(np.array([1.0, 1.0, 2.0, 4.0]), 2)
+        >>> d.inclusion_probabilities()
+        array([0.25, 0.25, 0.5 , 1.  ])
+        >>> int(d.sample(np.array(0.3)).sum())
+        2
+        """
         return cls(inclusion_probabilities(x, n, mask=mask), mask=mask)
 
     @property

@@ -23,6 +23,18 @@ MODULES = [
     "nat_estimators.random",
     "nat_estimators.simple_random",
     "nat_estimators.systematic",
+    "nat_estimators.estimators",
+    "nat_estimators.variance",
+    "nat_estimators.costmodel",
+    "nat_estimators.cli",
+    "nat_estimators.rl",
+    "nat_estimators.rl.batching",
+    "nat_estimators.rl.grpo",
+    "nat_estimators.rl.heads",
+    "nat_estimators.rl.loss",
+    "nat_estimators.rl.models",
+    "nat_estimators.rl.selection",
+    "nat_estimators.rl.stats",
 ]
 
 NUMPY2 = int(np.__version__.split(".")[0]) >= 2
