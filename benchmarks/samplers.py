@@ -649,7 +649,12 @@ def _r_pi2(
 
 # --------------------------------------------------------------------------- entry points
 def run_sampler_benchmarks(
-    quick: bool = False, *, torch_device: str = "cpu", with_r: bool = True, verbose: bool = True
+    quick: bool = False,
+    *,
+    torch_device: str = "cpu",
+    with_r: bool = True,
+    torch_threads: int = 1,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Run the sampler benchmarks; return ``{"ratios": {...}, "records": [...]}``.
 
@@ -661,6 +666,11 @@ def run_sampler_benchmarks(
         Device of the torch backend in the batch section (``"cpu"``, ``"cuda"``).
     with_r : bool
         Run the R comparisons when ``Rscript`` and ``sampling`` are available.
+    torch_threads : int
+        ``torch.set_num_threads`` for the duration of the run (restored afterwards).  The default
+        1 compares like with like (numpy's and R's kernels are single-threaded) and keeps torch
+        usable on a shared 2-core machine, where its OpenMP threads otherwise stall behind other
+        processes (medians 10-40x too slow under a load average of 3).  0 keeps torch's setting.
     verbose : bool
         Print progress to stderr.
     """
@@ -676,11 +686,20 @@ def run_sampler_benchmarks(
             f"  WARNING: load average {load0:.2f} on {os.cpu_count()} cores: other processes are "
             "running; ratios stay comparable (interleaved), absolute ms are inflated"
         )
-    ratios, records = _batch_section(quick, torch_device, log)
-    if with_r:
-        r_ratios, r_records = _r_section(quick, log)
-        ratios.update(r_ratios)
-        records.extend(r_records)
+    torch = _torch_or_none()
+    threads_before = torch.get_num_threads() if torch is not None else None
+    if torch is not None and torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    try:
+        threads_used = torch.get_num_threads() if torch is not None else None
+        ratios, records = _batch_section(quick, torch_device, log)
+        if with_r:
+            r_ratios, r_records = _r_section(quick, log)
+            ratios.update(r_ratios)
+            records.extend(r_records)
+    finally:
+        if torch is not None and threads_before is not None:
+            torch.set_num_threads(threads_before)
     for name, (op, bound) in TARGETS.items():
         if name in ratios:
             met = ratios[name] >= bound if op == ">=" else ratios[name] <= bound
@@ -698,6 +717,7 @@ def run_sampler_benchmarks(
             "name": "meta",
             "section": "meta",
             "quick": quick,
+            "torch_threads": threads_used,
             "wall_s": time.perf_counter() - t0,
             "loadavg_1min_start": load0,
             "loadavg_1min_end": _loadavg(),
@@ -763,9 +783,15 @@ def format_table(result: dict[str, Any]) -> str:
     meta = [rec for rec in recs if rec.get("name") == "meta"]
     if meta:
         m0 = meta[0]
+
+        def load(key: str) -> str:
+            v = m0.get(key)
+            return "?" if v is None else f"{v:.2f}"
+
         lines.append(
-            f"(wall time {m0['wall_s']:.1f} s, quick={m0['quick']}, 1-min load average "
-            f"{m0['loadavg_1min_start']} at start, {m0['loadavg_1min_end']} at end)"
+            f"(wall time {m0.get('wall_s', float('nan')):.1f} s, quick={m0.get('quick')}, "
+            f"torch threads {m0.get('torch_threads')}, 1-min load average "
+            f"{load('loadavg_1min_start')} at start, {load('loadavg_1min_end')} at end)"
         )
     return "\n".join(lines)
 
@@ -778,12 +804,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write {machine, ratios, records} to FILE")
     p.add_argument("--torch-device", default="cpu", help="torch device for the batch section")
     p.add_argument("--no-r", action="store_true", help="skip the R comparisons")
-    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads during the run (default 1, like numpy and R; 0 = torch's own)",
+    )
     args = p.parse_args(argv)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
     res = run_sampler_benchmarks(args.quick, torch_device=args.torch_device, with_r=not args.no_r)
     print(format_table(res))
     if args.json:

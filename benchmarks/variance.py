@@ -7,13 +7,16 @@ Run from the repository root::
 
     python benchmarks/variance.py [--backend numpy|torch] [--dtype float32|float64] [--reps 7]
 
-Prints the median (and min) wall time of several repetitions for each design, and the peak
-extra memory of one call (numpy: tracemalloc) next to the size of ``y``.
+Prints the median (and min) wall time of several repetitions for each design, the machine's load
+average (timings on a shared machine vary with it; the min is the least disturbed figure) and,
+with ``--memory``, the peak extra memory of one call (numpy: tracemalloc) next to the size of
+``y``: a small constant multiple of it, never O(N^2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import tracemalloc
@@ -69,11 +72,17 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--memory", action="store_true", help="measure peak memory (numpy only)")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     args = ap.parse_args()
+    if args.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     y, designs = _designs(args.backend, args.dtype)
     ybytes = B * N * Q * np.dtype(args.dtype).itemsize
     print(f"design_variance, y: ({B}, {N}, {Q}) {args.dtype}, axis=1, backend={args.backend}, "
-          f"y = {ybytes / 2**20:.0f} MiB; target <= {TARGET_MS:.0f} ms (Prefix, Poisson)")
+          f"y = {ybytes / 2**20:.0f} MiB; target <= {TARGET_MS:.0f} ms (Prefix, Poisson); "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     for name, d in designs.items():
         times = _time(lambda d=d: nat.design_variance(y, d, axis=1), args.reps)
         med = statistics.median(times)

@@ -26,6 +26,10 @@ import shutil
 import sys
 from pathlib import Path
 
+# Notebook kernels inherit this: the examples use tiny models, for which one thread is fastest, and
+# single-threaded kernels do not slow to a crawl when the build machine is busy.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
@@ -91,7 +95,9 @@ templates_path = ["_templates"]
 root_doc = "index"
 
 # MyST
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution", "tasklist"]
+myst_enable_extensions = [
+    "dollarmath", "amsmath", "colon_fence", "deflist", "substitution", "tasklist",
+]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
 
@@ -120,7 +126,7 @@ numpydoc_validation_checks: set[str] = set()
 _STAR = re.compile(r"(?<=[(,\s])\*(?=[A-Za-z_])")
 
 
-def _escape_type_stars(app, what, name, obj, options, lines):  # noqa: ARG001
+def _escape_type_stars(app, what, name, obj, options, lines):
     in_math = False
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -137,7 +143,7 @@ def _escape_type_stars(app, what, name, obj, options, lines):  # noqa: ARG001
         lines[i] = _STAR.sub(r"\\*", line)
 
 
-def _data_doc_comments(app, what, name, obj, options, lines):  # noqa: ARG001
+def _data_doc_comments(app, what, name, obj, options, lines):
     """Module constants re-exported by a package (``nat_estimators.rl.LOSS_MODES``): autodoc looks
     for their ``#:`` doc comment in the package's ``__init__`` and, not finding it, shows the
     docstring of the value's type (``tuple``).  Take the comment from the defining submodule."""
@@ -149,7 +155,7 @@ def _data_doc_comments(app, what, name, obj, options, lines):  # noqa: ARG001
     for mod in sorted(m for m in list(sys.modules) if m.startswith(modname + ".")):
         try:
             docs = ModuleAnalyzer.for_module(mod).find_attr_docs()
-        except Exception:  # noqa: BLE001 - not analysable (extension module, ...)
+        except Exception:
             continue
         if ("", attr) in docs:
             lines[:] = list(docs[("", attr)])
@@ -165,7 +171,6 @@ def setup(app):
 # -- HTML ----------------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"nat_estimators {release}"
-html_static_path = ["_static"]
 html_theme_options = {"navigation_with_keys": True}
 
 nitpicky = False

@@ -7,13 +7,30 @@ axes (vector-valued ``y``, e.g. a per-token gradient).  Internally ``y`` is resh
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ._compat import Array, device_of, is_array, is_floating, namespace
 
-__all__ = ["Units", "align_units"]
+__all__ = ["Units", "align_units", "quiet_float_errors"]
+
+
+@contextlib.contextmanager
+def quiet_float_errors() -> Iterator[None]:
+    """Silence numpy's floating-point warnings (``0 * inf``, overflow) inside the block.
+
+    For code that computes optimistically on data that may hold NaN/Inf padding with weight 0 and
+    checks the result afterwards.  Only numpy-backed namespaces (numpy, array-api-strict) warn;
+    ``numpy.errstate`` is context-local and does not touch other backends.  numpy is a dependency
+    of the package; it is imported here only for its error state, never for array computations.
+    """
+    import numpy
+
+    with numpy.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        yield
 
 
 @dataclass(frozen=True)

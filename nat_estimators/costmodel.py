@@ -18,7 +18,8 @@ with :math:`\ell` layers, width :math:`d`, query width :math:`d_q = h\, d_h`, ke
 :math:`V`; :math:`A(T) = T(T+1)/2` is the number of (query, key) pairs under a causal mask (scores
 and the weighted sum each cost :math:`2 d_q` per pair).  The backward pass costs twice the forward
 (input and weight gradients), so a step costs :math:`3(F_{\text{body}} + F_{\text{head}})`
-(Kaplan et al. 2020; Korthikanti et al. 2023).
+(Kaplan et al. 2020; Korthikanti et al. 2023); with activation recomputation
+(``recompute=True``) the body's forward runs twice: :math:`4 F_{\text{body}} + 3 F_{\text{head}}`.
 
 Activation memory kept for the backward (bytes), with FlashAttention (no :math:`T^2` scores):
 
@@ -33,7 +34,13 @@ to SwiGLU and grouped-query attention).  The logits term counts :math:`c_\ell` f
 :math:`b_\ell` bytes per vocabulary entry (logits, log-softmax and their gradient; default
 :math:`c_\ell = 2`, :math:`b_\ell = 4`).  ``static_bytes`` adds what does not scale with tokens
 (weights, gradients, optimizer states — sharded or not), so that ratios of *peak* memory can be
-compared with measurements that include them.
+compared with measurements that include them.  With ``recompute=True`` the body keeps
+:math:`b_a (\ell d + 6 d + d_q + 2 d_{kv} + 4 d_{ff})` bytes per token (block inputs, plus one block
+being recomputed).  A GELU MLP (``mlp_matrices=2``, as the benchmarks' ``TinyCausalLM``) has two
+:math:`d \times d_{ff}` matrices and keeps :math:`2 d_{ff}` values per token.
+
+:func:`batch_step_cost` sums the cost over the rows of a (micro-)batch with their realised body and
+head tokens; ``benchmarks/nat_step.py`` uses it to check the model against measured ratios.
 
 Designs
 -------
@@ -51,7 +58,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["StepCost", "TransformerConfig", "nat_step_cost_ratio", "step_cost"]
+__all__ = [
+    "StepCost",
+    "TransformerConfig",
+    "batch_step_cost",
+    "nat_step_cost_ratio",
+    "step_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,13 @@ class TransformerConfig:
         Number of ``[T_h, V]`` float buffers alive at the peak.
     static_bytes : float
         Token-independent memory (weights, gradients, optimizer states).
+    mlp_matrices : int
+        3 for a SwiGLU MLP (gate, up, down), 2 for a GELU/ReLU MLP (up, down).
+    recompute : bool
+        Activation checkpointing per block (verl's ``enable_gradient_checkpointing``): the
+        backward keeps only each block's input (:math:`d` values per token and layer) plus one
+        block's activations while it is recomputed, and the body's forward runs twice (a step
+        costs :math:`4 F_{\text{body}} + 3 F_{\text{head}}`).
     """
 
     layers: int
@@ -83,6 +103,8 @@ class TransformerConfig:
     logit_bytes: int = 4
     logit_copies: float = 2.0
     static_bytes: float = 0.0
+    mlp_matrices: int = 3
+    recompute: bool = False
 
     @classmethod
     def qwen3_8b(cls, *, static_bytes: float = 0.0) -> TransformerConfig:
@@ -99,7 +121,28 @@ class TransformerConfig:
         """Weights of one block (attention projections and SwiGLU MLP; norms ignored)."""
         dq = self.n_heads * self.head_dim
         dkv = self.n_kv_heads * self.head_dim
-        return self.d_model * (dq + 2 * dkv) + dq * self.d_model + 3 * self.d_model * self.d_ff
+        return (
+            self.d_model * (dq + 2 * dkv)
+            + dq * self.d_model
+            + self.mlp_matrices * self.d_model * self.d_ff
+        )
+
+    @property
+    def act_units_per_layer(self) -> int:
+        """Stored activation elements per token and layer (module notes; SwiGLU keeps gate, up,
+        activation and down input: :math:`4 d_{ff}`; a GELU MLP keeps up output and activation:
+        :math:`2 d_{ff}`)."""
+        dq = self.n_heads * self.head_dim
+        dkv = self.n_kv_heads * self.head_dim
+        mlp = 4 * self.d_ff if self.mlp_matrices == 3 else 2 * self.d_ff
+        return 6 * self.d_model + dq + 2 * dkv + mlp
+
+    @property
+    def body_bytes_per_token(self) -> float:
+        """Activation bytes the blocks keep per body token (all layers)."""
+        if self.recompute:
+            return self.act_bytes * (self.layers * self.d_model + self.act_units_per_layer)
+        return self.act_bytes * self.layers * self.act_units_per_layer
 
 
 @dataclass(frozen=True)
@@ -139,14 +182,46 @@ def step_cost(
     """
     tb = np.asarray(body_tokens, dtype=float)
     th = np.asarray(head_tokens, dtype=float)
+    flops, act = _row_costs(cfg, tb, th)
+    return StepCost(float(np.mean(flops)), float(np.mean(act)), cfg.static_bytes)
+
+
+def _row_costs(cfg: TransformerConfig, tb: np.ndarray, th: np.ndarray) -> tuple[np.ndarray, ...]:
     dq = cfg.n_heads * cfg.head_dim
-    dkv = cfg.n_kv_heads * cfg.head_dim
     body = cfg.layers * (2 * tb * cfg.params_per_layer + 4 * dq * _pairs(tb))
     head = 2 * th * cfg.d_model * cfg.vocab
-    flops = 3 * (body + head)
-    act = cfg.layers * tb * cfg.act_bytes * (6 * cfg.d_model + dq + 2 * dkv + 4 * cfg.d_ff)
+    act = tb * cfg.body_bytes_per_token
     logits = th * cfg.vocab * cfg.logit_bytes * cfg.logit_copies
-    return StepCost(float(np.mean(flops)), float(np.mean(act + logits)), cfg.static_bytes)
+    return (4 if cfg.recompute else 3) * body + 3 * head, act + logits
+
+
+def batch_step_cost(
+    cfg: TransformerConfig, body_tokens: np.ndarray, head_tokens: np.ndarray
+) -> StepCost:
+    r"""Cost of a batch (or micro-batch) of sequences processed together: the **sums** over rows.
+
+    ``body_tokens[i]`` tokens of row :math:`i` go through the blocks (attention is per row, so
+    its quadratic term is :math:`\sum_i A(T_{b,i})`), ``head_tokens[i]`` through the LM head.
+    ``activation_bytes`` is what a varlen ("remove padding") micro-batch of these rows keeps for
+    its backward; for a padded micro-batch pass the padded width as every row's body tokens.
+    Use it with realised selections (e.g. ``crop_lengths`` and ``mask.sum(-1)`` of a
+    :class:`~nat_estimators.rl.Selection`) to predict a measured step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nat_estimators.costmodel import TransformerConfig, batch_step_cost, step_cost
+    >>> cfg = TransformerConfig.qwen3_8b()
+    >>> two = batch_step_cost(cfg, np.array([1000, 1000]), np.array([800, 800]))
+    >>> bool(np.isclose(two.flops, 2 * step_cost(cfg, 1000, 800).flops))
+    True
+    """
+    tb = np.asarray(body_tokens, dtype=float)
+    th = np.asarray(head_tokens, dtype=float)
+    if tb.shape != th.shape:
+        raise ValueError(f"body_tokens {tb.shape} and head_tokens {th.shape} differ in shape")
+    flops, act = _row_costs(cfg, tb, th)
+    return StepCost(float(np.sum(flops)), float(np.sum(act)), cfg.static_bytes)
 
 
 def nat_step_cost_ratio(
@@ -196,16 +271,12 @@ def nat_step_cost_ratio(
                                min_keep=min_keep)
         pmf = np.asarray(d.cut_pmf())
         cuts = np.arange(response_len + 1, dtype=float)
-        dq = cfg.n_heads * cfg.head_dim
-        dkv = cfg.n_kv_heads * cfg.head_dim
-        tb = prompt_len + cuts
-        body = cfg.layers * (2 * tb * cfg.params_per_layer + 4 * dq * _pairs(tb))
-        head = 2 * cuts * cfg.d_model * cfg.vocab
-        flops = float(np.sum(pmf * 3 * (body + head)))
+        row_flops, _ = _row_costs(cfg, prompt_len + cuts, cuts)
+        flops = float(np.sum(pmf * row_flops))
         el = float(np.sum(pmf * cuts))
-        act = (cfg.layers * (prompt_len + el) * cfg.act_bytes
-               * (6 * cfg.d_model + dq + 2 * dkv + 4 * cfg.d_ff)
-               + el * cfg.vocab * cfg.logit_bytes * cfg.logit_copies)
+        act = (prompt_len + el) * cfg.body_bytes_per_token + el * cfg.vocab * (
+            cfg.logit_bytes * cfg.logit_copies
+        )
         nat = StepCost(flops, act, cfg.static_bytes)
     elif design in ("poisson", "systematic", "simple_random"):
         nat = step_cost(cfg, prompt_len + response_len, keep * response_len)

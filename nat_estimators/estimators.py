@@ -112,7 +112,9 @@ def ht_total(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     Returns
     -------
     array, shape (..., *V)
-        :math:`\hat Y = \sum_{k \in S} y_k/\pi_k`; 0 for an empty sample.
+        :math:`\hat Y = \sum_{k \in S} y_k/\pi_k`; 0 for an empty sample.  In the promoted
+        floating dtype of ``y`` and ``pi`` (float32 ``y`` with float32 ``pi`` stays float32), in
+        their namespace and on their device.
 
     Notes
     -----
@@ -124,8 +126,11 @@ def ht_total(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     >>> import numpy as np
     >>> import nat_estimators as nat
     >>> y = np.array([1.0, np.nan, 3.0])
-    >>> nat.ht_total(y, np.array([True, False, True]), np.array([0.5, 0.5, 1.0]))
-    np.float64(5.0)
+    >>> float(nat.ht_total(y, np.array([True, False, True]), np.array([0.5, 0.5, 1.0])))
+    5.0
+    >>> yv = np.array([[1.0, 10.0], [np.nan, np.nan], [3.0, 30.0]])  # vector y, unit axis 0
+    >>> nat.ht_total(yv, np.array([True, False, True]), np.array([0.5, 0.5, 1.0]), axis=0)
+    array([ 5., 50.])
     """
     u, _, w = _prepare(y, mask, pi, axis)
     xp = u.xp
@@ -203,9 +208,9 @@ def hajek_mean(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     --------
     >>> import numpy as np
     >>> import nat_estimators as nat
-    >>> nat.hajek_mean(np.array([1.0, 5.0, 3.0]), np.array([True, False, True]),
-    ...                np.array([0.5, 0.5, 1.0]))
-    np.float64(1.6666666666666667)
+    >>> float(nat.hajek_mean(np.array([1.0, 5.0, 3.0]), np.array([True, False, True]),
+    ...                      np.array([0.5, 0.5, 1.0])))
+    1.6666666666666667
     """
     u, _, w = _prepare(y, mask, pi, axis)
     xp = u.xp

@@ -35,9 +35,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last
+from ._compat import Array, float64_or_best, gather_last, is_torch_namespace
 from ._design import Design
-from ._units import Units, align_units
+from ._units import Units, align_units, quiet_float_errors
 from ._validation import check_bool_mask
 from .poisson import Poisson
 from .prefix import Prefix
@@ -54,12 +54,25 @@ __all__ = [
 
 
 class BiasedVarianceEstimateWarning(UserWarning):
-    """A variance estimate is returned although it is biased for this design.
+    r"""A variance estimate is returned although it is biased for this design.
 
-    Raised as a warning when the design has pairs of units with :math:`\\pi_{kl} = 0` (e.g.
-    systematic sampling): the Horvitz–Thompson and Sen–Yates–Grundy variance estimators then miss
-    those pairs' contributions and are biased.  Use ``method="successive_differences"`` for
-    systematic samples of smooth signals, or a design with all :math:`\\pi_{kl} > 0`.
+    Raised as a warning when the design has pairs of units with :math:`\pi_{kl} = 0` (e.g.
+    systematic sampling; simple random sampling of one unit): the Horvitz–Thompson and
+    Sen–Yates–Grundy variance estimators then miss those pairs' contributions and are biased.
+    Use ``method="successive_differences"`` for systematic samples of smooth signals, or a design
+    with all :math:`\pi_{kl} > 0`.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Systematic(np.array([0.5, 0.5, 0.5, 0.5]))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     v = nat.variance_estimate(np.arange(4.0), d.sample(np.array(0.25)), d)
+    >>> caught[0].category is nat.BiasedVarianceEstimateWarning
+    True
     """
 
 
@@ -70,8 +83,8 @@ _CHUNK_ELEMENTS = 1 << 19  # elements of y per chunk of rows (2 MiB of float32)
 _SCAN_BLOCK = 16  # block length of the blocked prefix-sum in _scan_sq
 
 
-def _chunks(n_rows: int, per_row: int) -> list[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(per_row, 1))
+def _chunks(n_rows: int, per_row: int, scale: int = 1) -> list[slice]:
+    step = max(1, (_CHUNK_ELEMENTS * scale) // max(per_row, 1))
     return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)] or [slice(0, 0)]
 
 
@@ -172,8 +185,10 @@ class _Rows:
         """``fn(y_chunk, *per_unit_chunks)`` over chunks of rows, concatenated."""
         xp = self.xp
         per_row = int(y.shape[1]) * int(y.shape[2])
+        # torch pays more per operation than numpy: larger chunks (measured on CPU)
+        scale = 2 if is_torch_namespace(xp) else 1
         outs = [fn(y[sl, ...], *(a[sl, ...] for a in per_unit))
-                for sl in _chunks(self.n_rows, per_row)]
+                for sl in _chunks(self.n_rows, per_row, scale)]
         return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
     def restore(self, r: Array, cov: bool) -> Array:
@@ -203,19 +218,19 @@ def _weights(xp: Any, pi: Array, sel: Array) -> Array:
     return xp.where(sel, 1 / xp.where(sel, pi, xp.ones_like(pi)), xp.zeros_like(pi))
 
 
-def _prefix_cut_weights(xp: Any, pi: Array, mask: Array) -> tuple[Array, Array]:
-    """``P(L = rank_k)`` at each eligible position (0 elsewhere) and ``P(L = 0)``; rows (R, N).
+def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
+    r"""Per-position weights ``pi_k - pi_{k+1}`` (``pi_{N+1} = 0``) and ``P(L = 0) = 1 - pi_1``.
 
-    ``pi`` is the survival function :math:`P(L \\ge k)` at eligible positions, 0 elsewhere.
+    ``pi`` (R, N) is the survival function :math:`P(L \ge k)` at eligible positions and 0
+    elsewhere.  At an eligible position followed by another eligible one the weight is the cut
+    probability :math:`P(L = \mathrm{rank}_k)`; across a run of ineligible positions it splits
+    into :math:`\pi_k` and :math:`-\pi_{\mathrm{next}}` (and a leading run carries
+    :math:`-\pi_{\mathrm{first}}`).  Summed against a quantity that is constant over such a
+    run — a prefix sum of increments that vanish at ineligible positions — the split parts add
+    up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
     """
-    n_rows = int(pi.shape[0])
-    order = xp.argsort(xp.astype(~mask, xp.int8), axis=-1, stable=True)
-    pc = gather_last(xp, pi, order)  # survival by rank 1..N, zeros beyond the eligible count
-    zero = xp.zeros((n_rows, 1), dtype=pi.dtype, device=pi.device)
-    pmf = pc - xp.concat([pc[:, 1:], zero], axis=-1)  # P(L = j), j = 1..N
-    rank = xp.cumulative_sum(xp.astype(mask, xp.int64), axis=-1)
-    p_pos = gather_last(xp, pmf, xp.maximum(rank - 1, xp.zeros_like(rank)))
-    return xp.where(mask, p_pos, xp.zeros_like(p_pos)), 1 - pc[:, 0]
+    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
+    return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
 
 
 # ---------------------------------------------------------------------------- exact variance
@@ -257,7 +272,7 @@ def _var_prefix(r: _Rows, y: Array, cov: bool) -> Array:
     # Sum over the N + 1 possible cuts L = j:  V = sum_j P(L = j) (C_j - Y)^2, where C_j is the
     # HT total of the first j eligible tokens (C_0 = 0).  Every term is >= 0 (no cancellation).
     xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi, r.mask)
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
     w = _weights(xp, r.pi, r.mask)
     m = xp.astype(r.mask, r.pi.dtype)
 
@@ -274,6 +289,7 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     # starts, so the N + 1 points t_0 = 0, ..., t_{N-1}, frac(V_{N-1}) are the only breakpoints.
     # At t_k the total jumps by ycheck_k - ycheck_{k-1} (ycheck_{-1} = ycheck_N = 0).  Starting from
     # the sample at u = 0 and sweeping the sorted breakpoints: V = sum |interval| (value - Y)^2.
+    # Everything follows the sampling rule on the same rounded cumulative sums V_k.
     xp = r.xp
     dt = r.pi.dtype
     f64 = float64_or_best(xp, design.device)
@@ -288,6 +304,10 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     at0 = (xp.floor(v) > xp.floor(vprev)) & r.mask  # the sample at u = 0 (Madow's rule)
     w = _weights(xp, r.pi, r.mask)
     w0 = xp.where(at0, w, xp.zeros_like(w))
+    # A token whose rounded arc V_k - V_{k-1} reaches 1 (pi_k = 1, up to rounding of the cumulative
+    # sum) is selected for every u by the sampling rule: it is in the sample at u = 0 and has no
+    # breakpoints (its start/end points could otherwise come out of order by one ulp).
+    w = xp.where((v - vprev) >= 1, xp.zeros_like(w), w)
     m = xp.astype(r.mask, dt)
 
     def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
@@ -403,7 +423,8 @@ def design_variance(
     # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
     # enter with weight 0, so a non-finite result means NaN/Inf padding there (recompute with it
     # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (returned as is).
-    out = compute(r.y)
+    with quiet_float_errors():
+        out = compute(r.y)
     if not bool(xp.all(xp.isfinite(out))):
         m3 = r.mask[:, :, None]
         if not bool(xp.all(xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y))))):
@@ -456,7 +477,8 @@ def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, co
             BiasedVarianceEstimateWarning,
             stacklevel=3,
         )
-    c = xp.where((n > 1) & (cnt > 1), (n - cnt) / (cnt * xp.where(n > 1, n - 1, one)),
+    ok = (n > 1) & (cnt > 1)
+    c = xp.where(ok, (n - cnt) / (xp.where(ok, cnt, one) * xp.where(ok, n - 1, one)),
                  xp.zeros_like(n))
     pi_row = xp.where(cnt > 0, n / xp.where(cnt > 0, cnt, one), xp.zeros_like(n))
     sf = xp.astype(s, dt)
@@ -477,17 +499,20 @@ def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, co
     return r.run(chunk, y, w, sf, inv_m, f_ss, f_mean)
 
 
-def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
+def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Array:
     # Delta-check_kl = 1 - max(pi_k, pi_l) = 1 - pi_min(k,l) (pi non-increasing).  Summing by parts
     # over the cuts: v_HT = sum_{j=0}^{N} P(L = j) (C_j - Yhat)^2, where C_j is the HT total of the
     # sample's first j eligible tokens — the exact-variance formula with the estimate Yhat in place
-    # of Y.  Non-negative, and no cancellation.
+    # of Y.  Non-negative, and no cancellation.  ``centered``: y are Hájek residuals, whose HT total
+    # is exactly 0 — use that 0 rather than a rounded sum of large terms (float32, tiny pi).
     xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi, r.mask)
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
     w = _weights(xp, r.pi, s)
 
     def chunk(yc: Array, wc: Array, pc: Array, p0c: Array) -> Array:
         total = _lin(xp, yc, wc)
+        if centered:
+            total = xp.zeros_like(total)
         return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
 
     return r.run(chunk, y, w, p_pos, p0)
@@ -577,10 +602,12 @@ def variance_estimate(
         ``"successive_differences"``: :math:`v_{SD} = (1 - f)\frac{n}{2(n-1)}\sum_{j=2}^{n}
         (\check y_{(j)} - \check y_{(j-1)})^2` over the :math:`n` sampled units in position
         order, :math:`f = n/N` — the standard choice for systematic samples (Wolter 2007, §8.2,
-        :math:`v_2`), approximately unbiased when :math:`\check y` varies smoothly along the
-        sequence (exactly, on average over random orderings, for equal probabilities),
-        conservative under a trend; it is not design-unbiased for any design.  For unequal
-        :math:`\pi` the finite-population correction :math:`1 - n/N` is an approximation.
+        :math:`v_2`).  It is not design-unbiased for any design: it is unbiased on average over
+        random orderings of the units (equal probabilities), close when :math:`\check y` is a
+        smooth signal plus local noise, and it *underestimates* when a strong linear trend or a
+        period near the sampling step dominates (the start-position effect it cannot see).  For
+        unequal :math:`\pi` the finite-population correction :math:`1 - n/N` is an
+        approximation.
     estimator : {"ht", "hajek"}
         ``"ht"``: variance of the HT total.  ``"hajek"``: linearized variance of the Hájek mean
         :math:`\bar y_H`, i.e. the chosen ``method`` applied to
@@ -664,7 +691,7 @@ def variance_estimate(
     elif isinstance(design, SimpleRandom):
         out = _est_srs(r, yv, s, design, method, cov)
     elif isinstance(design, Prefix) and method == "ht":
-        out = _est_prefix(r, yv, s, cov)
+        out = _est_prefix(r, yv, s, cov, centered=estimator == "hajek")
     else:
         out = _est_dense(r, yv, s, design, method, cov)
     return r.restore(out, cov)
@@ -687,10 +714,21 @@ class DesignSummary:
         :math:`V(\hat Y)` per component (given ``y``).
     relative_variance : array (...) or None
         :math:`\sum_c V_c / \lVert Y \rVert^2`: squared coefficient of variation of the
-        estimated total (gradient) relative to the full-token answer :math:`Y`.
+        estimated total (gradient) relative to the full-token answer :math:`Y`; ``inf`` when
+        :math:`Y = 0` but :math:`V > 0`, 0 when :math:`V = 0`.
     variance_inflation : array (...) or None
         :math:`\sum_c V_c / \sum_k \lVert y_k\rVert^2`: design variance per unit of per-token
-        energy; equals :math:`1/p - 1` for uniform Poisson sampling at keep rate :math:`p`.
+        energy; equals :math:`1/p - 1` for uniform Poisson sampling at keep rate :math:`p` (0 for
+        an all-zero ``y``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((1, 8), dtype=bool), full_keep=0.25)
+    >>> s = nat.design_summary(d, np.ones((1, 8)))
+    >>> float(s.keep_fraction[0]), float(s.max_weight[0])
+    (0.5, 4.0)
     """
 
     expected_size: Array
@@ -699,6 +737,13 @@ class DesignSummary:
     variance: Array | None = None
     relative_variance: Array | None = None
     variance_inflation: Array | None = None
+
+
+def _ratio(xp: Any, num: Array, den: Array) -> Array:
+    """num / den for den > 0; else inf where num > 0 and 0 where num == 0 (never NaN)."""
+    safe = xp.where(den > 0, den, xp.ones_like(den))
+    inf = xp.full(num.shape, float("inf"), dtype=num.dtype, device=num.device)
+    return xp.where(den > 0, num / safe, xp.where(num > 0, inf, xp.zeros_like(num)))
 
 
 def design_summary(design: Design, y: Array | None = None, *, axis: int = -1) -> DesignSummary:
@@ -728,6 +773,6 @@ def design_summary(design: Design, y: Array | None = None, *, axis: int = -1) ->
     y2 = xp.sum(tot * tot, axis=-1)
     e2 = xp.sum(xp.sum(yv * yv, axis=-1), axis=-1)
     bshape = r.units.batch_shape
-    rel = xp.reshape(vsum / xp.where(y2 > 0, y2, xp.ones_like(y2)), bshape)
-    infl = xp.reshape(vsum / xp.where(e2 > 0, e2, xp.ones_like(e2)), bshape)
+    rel = xp.reshape(_ratio(xp, vsum, y2), bshape)
+    infl = xp.reshape(_ratio(xp, vsum, e2), bshape)
     return DesignSummary(es, kf, mw, var, rel, infl)

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from oracles import moments, poisson_support, prefix_pmf, prefix_support, srs_support
-from oracles import systematic_support
+from oracles import (
+    moments,
+    poisson_support,
+    prefix_pmf,
+    prefix_support,
+    srs_support,
+    systematic_support,
+)
 
 import nat_estimators as nat
 
@@ -203,7 +209,7 @@ CASES: list[Case] = [
         RAG,
         pmf=np.stack([_pmf(int(m.sum()), RAG.shape[1]) for m in RAG]),
     ),
-    Case("prefix_budget", "prefix_budget", RAG[:3], budget=(0.6, 0.1, 0.25)),
+    Case("prefix_budget", "prefix_budget", RAG[:3], budget=(0.6, 0.1, 0.34)),
     Case(
         "systematic_int",
         "systematic",

@@ -1,9 +1,10 @@
-r"""Horvitz–Thompson and Hájek estimators: R references, shapes, NaN safety, autograd, dtypes, errors.
+r"""Horvitz–Thompson and Hájek estimators: R references, shapes, NaN safety, autograd, dtypes,
+bad input.
 
 R references (``tests/reference/r_estimators.json``, from ``generate_r_references.R``): the HT
 total equals ``sampling::HTestimator`` and ``survey::svytotal``; the Hájek mean equals
-``survey::svymean`` (which is :math:`\sum_S y_k/\pi_k \,/\, \sum_S 1/\pi_k`), for Poisson, systematic
-and SRS samples with several y columns, certainty units and a tiny pi (1e-4).
+``survey::svymean`` (which is :math:`\sum_S y_k/\pi_k \,/\, \sum_S 1/\pi_k`), for Poisson,
+systematic and SRS samples with several y columns, certainty units and a tiny pi (1e-4).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def test_r_cases_cover_certainty_and_tiny_pi() -> None:
     pik = np.concatenate([c["pik"] for c in R_CASES])
     assert np.any(pik == 1.0) and np.any(pik == 1e-4)
     assert {c["design"] for c in R_CASES} == {"poisson", "systematic", "srswor"}
-    tiny_sampled = [c for c in R_CASES if any(p == 1e-4 and si for p, si in zip(c["pik"], c["s"]))]
+    tiny_sampled = [c for c in R_CASES
+                    if any(p == 1e-4 and si for p, si in zip(c["pik"], c["s"], strict=True))]
     assert tiny_sampled and max(len(c["y"][0]) for c in R_CASES) == 3
 
 
@@ -218,7 +220,8 @@ def test_dtype_promotion(backend: Any) -> None:
 # ---------------------------------------------------------------------------- bad input
 class TestBadInput:
     def _ok(self, bk: Any) -> tuple[Any, Any, Any]:
-        return (bk.asarray(np.array([[1.0, 2.0, 3.0]])), bk.asarray(np.array([[True, False, True]])),
+        return (bk.asarray(np.array([[1.0, 2.0, 3.0]])),
+                bk.asarray(np.array([[True, False, True]])),
                 bk.asarray(np.array([[0.5, 0.5, 1.0]])))
 
     @pytest.mark.parametrize("fn", [nat.ht_total, nat.hajek_mean])

@@ -161,7 +161,9 @@ class TestHajekUnderEnumeration:
                                    rtol=1e-12)
 
     def test_prefix_hajek_is_biased(self, backend: Any) -> None:
-        c = case("prefix_budget")  # pi_1 = 1: no empty sample
+        c = case("prefix_budget")
+        first = c.numpy_pi()[c.mask & (np.cumsum(c.mask, axis=1) == 1)]
+        assert np.all(first == 1.0), "the case must keep the first token (no empty sample)"
         y = population_y(c, Q)
         # a trend along the sequence: later tokens (rarely kept) differ from early ones
         y = y + np.arange(c.n_units)[None, :, None] * 2.0

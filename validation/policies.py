@@ -85,7 +85,7 @@ class _Block(nn.Module):
         self.ff1 = nn.Linear(d, ff)
         self.ff2 = nn.Linear(ff, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         h = self.heads
         q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
@@ -93,8 +93,7 @@ class _Block(nn.Module):
         k = k.view(B, T, h, D // h).transpose(1, 2)
         v = v.view(B, T, h, D // h).transpose(1, 2)
         att = (q @ k.transpose(-1, -2)) / math.sqrt(D // h)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~causal, float("-inf")).softmax(-1)
+        att = att.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, D)
         x = x + self.proj(y)
         return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.ln2(x))))
@@ -117,16 +116,29 @@ class TransformerPolicy(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
 
-    def backbone(self, input_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[-1]
-        pos = torch.arange(T, device=input_ids.device)
+    def backbone(self, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, d_model)``; positions count real tokens
+        (``cumsum(attention_mask) - 1``) and padded keys are masked, so a cropped, re-packed row
+        gives the same outputs at its real tokens."""
+        B, T = input_ids.shape
+        dev = input_ids.device
+        if attention_mask is None:
+            am = torch.ones(B, T, dtype=torch.bool, device=dev)
+        else:
+            am = attention_mask.bool()
+        pos = (am.long().cumsum(-1) - 1).clamp(min=0)
         x = self.tok(input_ids) + self.pos(pos)
+        idx = torch.arange(T, device=dev)
+        eye = torch.eye(T, dtype=torch.bool, device=dev)
+        allowed = (idx[None, :] <= idx[:, None])[None] & (am[:, None, :] | eye[None])
         for b in self.blocks:
-            x = b(x)
+            x = b(x, allowed)
         return self.ln_f(x)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(input_ids))
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone(input_ids, attention_mask))
 
 
 class GRUPolicy(nn.Module):
@@ -140,11 +152,20 @@ class GRUPolicy(nn.Module):
         self.rnn = nn.GRU(d_embed, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, vocab)
 
-    def backbone(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def backbone(self, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(B, T, hidden)``.  Rows must be right padded (real tokens first), as
+        rollouts and the RL plumbing's packed micro-batches are: the recurrence is causal, so
+        padding after a token never changes its output."""
+        if attention_mask is not None:
+            am = attention_mask.bool()
+            if bool((am[:, 1:] & ~am[:, :-1]).any()):
+                raise ValueError("GRUPolicy needs right-padded rows (real tokens first)")
         return self.rnn(self.tok(input_ids))[0]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(input_ids))
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.backbone(input_ids, attention_mask))
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {

@@ -9,8 +9,11 @@ Each step samples ``prompts x group`` answers, computes group-normalised advanta
 :math:`A_i = (r_i - \bar r_g)/(s_g + 10^{-6})` and takes ``epochs`` Adam steps on the per-token
 clipped GRPO loss
 
-.. math:: \ell_{it} = -\min\bigl(\rho_{it} A_i,\ \mathrm{clip}(\rho_{it}, 1-\epsilon, 1+\epsilon) A_i\bigr),
-          \qquad \rho_{it} = \exp(\log\pi_\theta - \log\pi_{\text{old}}),
+.. math::
+
+    \ell_{it} = -\min\bigl(\rho_{it} A_i,\
+                \mathrm{clip}(\rho_{it}, 1-\epsilon, 1+\epsilon) A_i\bigr),
+    \qquad \rho_{it} = \exp(\log\pi_\theta - \log\pi_{\text{old}}),
 
 aggregated over **every** response token (``seq-mean-token-mean``, TRL's ``grpo``).  Training is
 deterministic given the seed on a given device; weights are saved in float32 with
@@ -32,11 +35,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from validation.policies import (  # noqa: E402
+from validation.policies import (
     MAX_TARGET,
     POLICY_DIR,
     build_policy,
-    response_logprobs,
     rollout,
 )
 
@@ -46,22 +48,31 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         config=dict(d_model=64, layers=2, heads=4, ff=128, max_len=64),
         seed=1,
         lr=3e-3,
+        entropy_coef=0.05,
     ),
     "gru": dict(
         architecture="gru",
         config=dict(d_embed=32, hidden=96, layers=1),
         seed=2,
         lr=5e-3,
+        entropy_coef=0.05,
     ),
 }
 
 
-def grpo_loss(model: torch.nn.Module, batch: Any, clip: float = 0.2) -> torch.Tensor:
-    """Full-token GRPO loss, ``seq-mean-token-mean`` over the response mask."""
-    logp = response_logprobs(model, batch.prompts, batch.responses)
+def grpo_loss(model: torch.nn.Module, batch: Any, clip: float = 0.2,
+              entropy_coef: float = 0.0) -> torch.Tensor:
+    """Full-token GRPO loss (minus an entropy bonus), ``seq-mean-token-mean`` over the response
+    mask."""
+    ids = torch.cat([batch.prompts, batch.responses], dim=-1)
+    logits = model(ids)[:, batch.prompts.shape[-1] - 1 : -1]
+    logsm = torch.log_softmax(logits, -1)
+    logp = logsm.gather(-1, batch.responses[..., None])[..., 0]
     ratio = torch.exp(logp - batch.old_logprobs)
     a = batch.advantages[:, None]
     per_tok = -torch.minimum(ratio * a, ratio.clamp(1 - clip, 1 + clip) * a)
+    if entropy_coef:
+        per_tok = per_tok + entropy_coef * (logsm.exp() * logsm).sum(-1)
     m = batch.response_mask.to(per_tok.dtype)
     return ((per_tok * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
 
@@ -89,7 +100,7 @@ def train_one(name: str, spec: dict[str, Any], *, steps: int, prompts: int, grou
         batch = rollout(model, targets, group=group, generator=gen)
         model.train()
         for _ in range(epochs):
-            loss = grpo_loss(model, batch)
+            loss = grpo_loss(model, batch, entropy_coef=spec.get("entropy_coef", 0.0))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -97,8 +108,9 @@ def train_one(name: str, spec: dict[str, Any], *, steps: int, prompts: int, grou
         history.append(float(batch.rewards.mean()))
         if step % log_every == 0 or step == steps:
             mean_len = float(batch.lengths.float().mean())
-            print(f"[{name}] step {step:4d}  reward {sum(history[-log_every:]) / len(history[-log_every:]):.3f}"
-                  f"  mean length {mean_len:.1f}  {time.perf_counter() - t0:.1f}s", flush=True)
+            recent = history[-log_every:]
+            print(f"[{name}] step {step:4d}  reward {sum(recent) / len(recent):.3f}  "
+                  f"mean length {mean_len:.1f}  {time.perf_counter() - t0:.1f}s", flush=True)
     model.eval()
     after = evaluate(model, device)
     info = dict(
@@ -106,6 +118,7 @@ def train_one(name: str, spec: dict[str, Any], *, steps: int, prompts: int, grou
         config=dict(model.config),
         seed=spec["seed"],
         lr=spec["lr"],
+        entropy_coef=spec.get("entropy_coef", 0.0),
         steps=steps,
         prompts_per_step=prompts,
         group=group,
@@ -142,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         task="digit-sum: prompt [t//10, t%10, SEP] with t in 1..60; answer digits then EOS; "
              "reward 1 if the digits sum to t, else max(0, 1-|s-t|/max(t,5))/2, 0 without EOS",
         algorithm="full-token GRPO: group-normalised advantages, per-token clipped ratio loss "
-                  "(eps=0.2), seq-mean-token-mean, Adam, grad-norm clip 1.0",
+                  "(eps=0.2) minus entropy_coef * per-token entropy (keeps the policies "
+                  "stochastic, so validation rollouts have within-group reward spread and varied "
+                  "lengths), "
+                  "seq-mean-token-mean, Adam, grad-norm clip 1.0",
         torch_version=torch.__version__,
         device=str(device),
     )

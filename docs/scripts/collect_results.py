@@ -126,6 +126,7 @@ def main(root: Path | str, outdir: Path | str) -> dict[str, list[Path]]:
 
 if __name__ == "__main__":
     here = Path(__file__).resolve()
-    res = main(here.parents[2], sys.argv[1] if len(sys.argv) > 1 else here.parents[1] / "_generated")
+    out = sys.argv[1] if len(sys.argv) > 1 else here.parents[1] / "_generated"
+    res = main(here.parents[2], out)
     for k, v in res.items():
         print(k, [str(p) for p in v])

@@ -46,8 +46,10 @@ def write_table(res: dict[str, dict[str, list[float]]], path: Path) -> None:
     sep = "|---|" + "---:|" * len(BUDGETS)
     lines = [head, sep]
     for name, d in res.items():
-        cells = [f"{v:.3g} (w ≤ {w:.3g})" for v, w in zip(d["relative_variance"], d["max_weight"])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [f"{v:.3g} (w ≤ {w:.3g})"
+                 for v, w in zip(d["relative_variance"], d["max_weight"], strict=True)]
+        label = name.replace("|", "\\|")  # a pipe would split the table cell
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -20,6 +20,7 @@ Conventions
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,19 @@ class MicroBatch:
         Source column of every packed slot (0 at padding slots).
     valid : torch.Tensor of bool, shape (b, t)
         Real slots: the micro-batch's attention mask.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import pack_rows
+    >>> keep = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    >>> mb = pack_rows(keep).micro_batches[0]
+    >>> mb.rows.tolist(), mb.shape
+    ([1, 0], (2, 4))
+    >>> mb.index.tolist(), mb.valid.int().tolist()
+    ([[0, 1, 2, 3], [1, 2, 0, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]])
+    >>> mb.gather(torch.arange(8).view(2, 4), fill=-1).tolist()
+    [[4, 5, 6, 7], [1, 2, -1, -1]]
     """
 
     rows: torch.Tensor
@@ -114,6 +128,20 @@ class PackPlan:
         ``(B, T)`` of the original batch.
     lengths : torch.Tensor of int64, shape (B,)
         Kept tokens per row (0 for dropped rows).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import pack_rows
+    >>> keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    >>> plan = pack_rows(keep, max_tokens=3)
+    >>> len(plan), plan.batch_shape, plan.lengths.tolist()
+    (2, (3, 4), [3, 2, 0])
+    >>> plan.real_tokens, plan.padded_tokens
+    (5, 5)
+    >>> out = plan.scatter([mb.valid.float() for mb in plan])  # back to (B, T)
+    >>> bool((out.bool() == keep).all())
+    True
     """
 
     micro_batches: tuple[MicroBatch, ...]
@@ -164,11 +192,28 @@ class PackPlan:
         return out.index_put((torch.cat(r), torch.cat(c)), vals)
 
 
+def _balanced_groups(sorted_len: list[int], max_rows: int) -> list[list[int]]:
+    """Positions (into the descending ``sorted_len``) of each balanced group, longest first."""
+    n = len(sorted_len)
+    if n == 0:
+        return []
+    k = -(-n // max_rows)
+    heap = [(0, g) for g in range(k)]  # (kept tokens, group) of groups with room
+    groups: list[list[int]] = [[] for _ in range(k)]
+    for pos, ln in enumerate(sorted_len):
+        load, g = heapq.heappop(heap)
+        groups[g].append(pos)
+        if len(groups[g]) < max_rows:
+            heapq.heappush(heap, (load + int(ln), g))
+    return [g for g in groups if g]
+
+
 def pack_rows(
     keep: torch.Tensor,
     *,
     max_tokens: int | None = None,
     max_rows: int | None = None,
+    balance: bool = False,
 ) -> PackPlan:
     r"""Pack the kept positions of each row into micro-batches under a padded-token budget.
 
@@ -183,6 +228,16 @@ def pack_rows(
         the budget gets a micro-batch of its own.  ``None``: one micro-batch.
     max_rows : int, optional
         At most this many rows per micro-batch.
+    balance : bool, default False
+        With ``max_rows`` (and no ``max_tokens``): spread the rows over
+        :math:`k = \lceil n / \text{max\_rows} \rceil` micro-batches so that their *kept-token
+        sums* are as even as possible, instead of cutting the sorted list.  Meant for backbones
+        that drop padding (varlen / "remove padding" attention, as verl's
+        ``use_remove_padding``), whose activation memory follows the real tokens of a
+        micro-batch: the largest micro-batch, hence the peak memory, is then about
+        :math:`1/k` of the kept tokens, whereas the sorted cut puts the ``max_rows`` longest
+        rows together.  (With a padded backbone keep the default: the micro-batch holding the
+        longest row costs ``max_rows`` times its length either way.)
 
     Returns
     -------
@@ -196,6 +251,11 @@ def pack_rows(
     one), all no longer than :math:`\ell_{(j)}`.  Padding is therefore only the length spread
     inside a micro-batch.  The loop runs over micro-batches; the per-row work is vectorised.
 
+    With ``balance=True`` the rows, longest first, each go to the micro-batch with the fewest
+    kept tokens that still has room (longest-processing-time greedy, as verl's sequence-length
+    balancing); the largest micro-batch is then within :math:`\ell_{(1)}` of the mean
+    :math:`\sum_i \ell_i / k`.  Rows inside a micro-batch stay sorted by length.
+
     Examples
     --------
     >>> import torch
@@ -206,6 +266,15 @@ def pack_rows(
     ([[0, 2], [1]], 7, 7)
     >>> plan.micro_batches[0].index.tolist()
     [[0, 1, 2], [1, 2, 3]]
+
+    Balanced rows for a backbone without padding: the largest micro-batch holds 4 kept tokens
+    instead of the 6 of the two longest rows together.
+
+    >>> keep = torch.arange(4)[None, :] < torch.tensor([[3], [3], [1], [1]])
+    >>> [mb.rows.tolist() for mb in pack_rows(keep, max_rows=2)]
+    [[0, 1], [2, 3]]
+    >>> [mb.rows.tolist() for mb in pack_rows(keep, max_rows=2, balance=True)]
+    [[0, 2], [1, 3]]
     """
     k = as_bool_mask(keep, "keep")
     if max_tokens is not None and (
@@ -216,6 +285,13 @@ def pack_rows(
         isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
     ):
         raise ValueError(f"max_rows must be a positive int or None, got {max_rows!r}")
+    if not isinstance(balance, bool):
+        raise ValueError(f"balance must be a bool, got {balance!r}")
+    if balance and (max_rows is None or max_tokens is not None):
+        raise ValueError(
+            "balance=True spreads rows over ceil(n / max_rows) micro-batches: give max_rows and "
+            "leave max_tokens=None"
+        )
     B, T = k.shape
     lengths = k.sum(-1)
     # kept columns of every row first, in order (stable sort on "not kept")
@@ -224,6 +300,16 @@ def pack_rows(
     sorted_len = lengths[order_rows].tolist()
     n = sum(1 for v in sorted_len if v > 0)
     mbs: list[MicroBatch] = []
+    if balance:
+        assert max_rows is not None
+        groups = _balanced_groups(sorted_len[:n], max_rows)
+        for g in groups:
+            rows = order_rows[torch.as_tensor(g, dtype=torch.int64, device=k.device)]
+            width = int(sorted_len[g[0]])
+            idx = order_cols[rows, :width]
+            valid = torch.arange(width, device=k.device)[None, :] < lengths[rows][:, None]
+            mbs.append(MicroBatch(rows, torch.where(valid, idx, torch.zeros_like(idx)), valid))
+        return PackPlan(tuple(mbs), (B, T), lengths)
     i = 0
     while i < n:
         width = int(sorted_len[i])

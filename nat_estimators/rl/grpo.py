@@ -56,7 +56,19 @@ __all__ = [
 class BackboneHeadModel(Protocol):
     """A causal LM split as ``backbone(input_ids, attention_mask) -> hidden [B, T, H]`` and
     ``head(hidden [..., H]) -> logits [..., V]`` (for a Hugging Face model: ``model.model`` and
-    ``model.lm_head``)."""
+    ``model.lm_head``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import TinyCausalLM
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyCausalLM(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=16)
+    >>> ids, am = torch.randint(0, 11, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    >>> hidden = model.backbone(ids, am)
+    >>> hidden.shape, model.head(hidden).shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 5, 11]))
+    """
 
     def backbone(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = ...
@@ -96,6 +108,17 @@ class GRPOConfig:
     importance_sampling_level : {"token"}, default "token"
         ``"sequence"`` (GSPO) is refused: see the module notes.
     weight_dtype : torch.dtype, default float32
+
+    Examples
+    --------
+    >>> from nat_estimators.rl import GRPOConfig
+    >>> cfg = GRPOConfig(loss_mode="dr_grpo", design="poisson", keep=0.25, const_len=512)
+    >>> cfg.design, cfg.keep, cfg.crop, cfg.max_tokens
+    ('poisson', 0.25, True, None)
+    >>> GRPOConfig(importance_sampling_level="sequence")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: importance_sampling_level='sequence': sequence-level ratio objectives ...
     """
 
     loss_mode: str = "seq-mean-token-mean"
@@ -152,6 +175,21 @@ class GRPOBatch:
         Reference-policy log-probs (needed when ``kl_coef > 0``).
     sizes : torch.Tensor, shape (B, T), optional
         Size measures for the proportional designs (e.g. old-policy entropy).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import GRPOBatch
+    >>> ids = torch.randint(0, 16, (2, 6), generator=torch.Generator().manual_seed(0))
+    >>> am = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :3] = False  # prompt (and left padding) carry no loss
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.tensor([1.0, -1.0]))
+    >>> batch.response_mask.sum(-1).tolist()
+    [3, 3]
+    >>> GRPOBatch(ids, am, am, advantages=torch.zeros(2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: response_mask marks a token with no real token before it ...
     """
 
     input_ids: torch.Tensor
@@ -256,7 +294,26 @@ def grpo_per_token_loss(
 @dataclass(frozen=True, eq=False)
 class MicroBatchTerms:
     """What :func:`grpo_micro_batches` yields: one micro-batch's per-token loss and its inputs to
-    :func:`~nat_estimators.rl.agg_loss` (all in the micro-batch's packed layout ``(b, t)``)."""
+    :func:`~nat_estimators.rl.agg_loss` (all in the micro-batch's packed layout ``(b, t)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    ...                                grpo_micro_batches, select_tokens)
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
+    >>> ids, am = torch.randint(0, 16, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :2] = False
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.tensor([1.0, -1.0]))
+    >>> sel = select_tokens(rm, "poisson", 0.5, generator=torch.Generator().manual_seed(0))
+    >>> norm, cfg = LossNormalizers.from_mask(rm), GRPOConfig(design="poisson")
+    >>> terms = next(grpo_micro_batches(model, batch, sel, norm, cfg))
+    >>> terms.per_token_loss.shape == terms.weights.shape, terms.normalizers.num_tokens
+    (True, 8)
+    >>> terms.loss("token-mean").ndim
+    0
+    """
 
     micro_batch: MicroBatch
     per_token_loss: torch.Tensor
@@ -288,7 +345,22 @@ def _forward_keep(batch: GRPOBatch, selection: Selection, crop: bool) -> torch.T
 
 
 def plan_batch(batch: GRPOBatch, selection: Selection, config: GRPOConfig) -> PackPlan:
-    """The crop-and-pack plan of a batch for a selection (rows with nothing selected dropped)."""
+    """The crop-and-pack plan of a batch for a selection (rows with nothing selected dropped).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, plan_batch, select_tokens
+    >>> ids, am = torch.zeros(3, 8, dtype=torch.long), torch.ones(3, 8, dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :2] = False
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.zeros(3))
+    >>> sel = select_tokens(rm, "prefix", 0.5, generator=torch.Generator().manual_seed(0))
+    >>> plan = plan_batch(batch, sel, GRPOConfig(max_tokens=8))
+    >>> sel.crop_lengths.tolist(), [mb.rows.tolist() for mb in plan]
+    ([0, 4, 5], [[2], [1]])
+    >>> plan.real_tokens, plan.padded_tokens, int(am.sum())
+    (9, 9, 24)
+    """
     return pack_rows(
         _forward_keep(batch, selection, config.crop),
         max_tokens=config.max_tokens,
@@ -309,6 +381,24 @@ def grpo_micro_batches(
     The backbone sees only each row's kept (cropped) tokens; the head and log-softmax run only at
     the selected positions.  Call ``.loss(mode)`` on each item and ``backward()`` it before
     pulling the next one to keep one micro-batch's activations alive at a time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    ...                                grpo_micro_batches, select_tokens)
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
+    >>> ids, am = torch.randint(0, 16, (3, 8)), torch.ones(3, 8, dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :2] = False
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.tensor([1.0, -1.0, 0.5]))
+    >>> sel = select_tokens(rm, "prefix", 0.5, generator=torch.Generator().manual_seed(0))
+    >>> cfg, norm = GRPOConfig(max_tokens=8), LossNormalizers.from_mask(rm)
+    >>> for terms in grpo_micro_batches(model, batch, sel, norm, cfg):
+    ...     terms.loss(cfg.loss_mode).backward()  # frees this micro-batch's activations
+    ...     print(terms.micro_batch.rows.tolist(), tuple(terms.per_token_loss.shape))
+    [2] (1, 5)
+    [1] (1, 4)
     """
     if plan is None:
         plan = plan_batch(batch, selection, config)
@@ -368,6 +458,21 @@ class GRPOStepResult:
         ``eligible_tokens``, ``selected_tokens``, ``forward_tokens`` (real tokens fed to the
         backbone), ``padded_tokens`` (incl. padding), ``full_tokens`` (real tokens of the batch),
         ``micro_batches``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
+    >>> ids, am = torch.randint(0, 16, (3, 8)), torch.ones(3, 8, dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :3] = False
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.tensor([1.0, 0.0, -1.0]))
+    >>> out = grpo_backward(model, batch, GRPOConfig(), generator=torch.Generator().manual_seed(0))
+    >>> out.log_probs.shape, out.loss.dtype, len(out.plan)
+    (torch.Size([3, 8]), torch.float64, 1)
+    >>> [int(out.metrics[k]) for k in ("selected_tokens", "forward_tokens", "full_tokens")]
+    [4, 10, 24]
     """
 
     loss: torch.Tensor
@@ -411,6 +516,22 @@ def grpo_backward(
     Returns
     -------
     GRPOStepResult
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
+    >>> ids, am = torch.randint(0, 16, (4, 10)), torch.ones(4, 10, dtype=torch.bool)
+    >>> rm = am.clone(); rm[:, :4] = False
+    >>> batch = GRPOBatch(ids, am, rm, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    >>> cfg = GRPOConfig(design="poisson", keep=0.5, loss_mode="token-mean")
+    >>> out = grpo_backward(model, batch, cfg, generator=torch.Generator().manual_seed(0))
+    >>> all(p.grad is not None for p in model.parameters())
+    True
+    >>> out.metrics["selected_tokens"], out.metrics["eligible_tokens"]
+    (12.0, 24.0)
     """
     if normalizers is None:
         normalizers = LossNormalizers.from_mask(

@@ -131,6 +131,19 @@ class Selection:
         (0 for rows with nothing selected): a causal forward pass may stop there.
     cut_lengths : torch.Tensor of int64, shape (B,) or None
         Prefix designs: the cut :math:`L_i`, in eligible tokens (``None`` for other designs).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import select_tokens
+    >>> m = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
+    >>> sel = select_tokens(m, "poisson", keep=0.5, generator=torch.Generator().manual_seed(0))
+    >>> sel.mask.int().tolist(), sel.crop_lengths.tolist(), sel.cut_lengths
+    ([[0, 0, 1, 0], [0, 0, 1, 0]], [3, 3], None)
+    >>> sel.pi.tolist(), sel.weights.tolist()
+    ([[0.5, 0.5, 0.5, 0.5], [0.0, 0.5, 0.5, 0.0]], [[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
+    >>> sel.rows(torch.tensor([1])).num_selected.tolist()
+    [1]
     """
 
     mask: torch.Tensor

@@ -124,6 +124,17 @@ class LossNormalizers:
         Returns
         -------
         LossNormalizers
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nat_estimators.rl import LossNormalizers
+        >>> m = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 1]])  # 0/1 is accepted
+        >>> s = LossNormalizers.from_mask(m, const_len=8)
+        >>> s.num_tokens, s.num_seqs, s.num_rows, s.seq_lengths.tolist()
+        (5, 2, 3, [3, 0, 2])
+        >>> s.world_size, s.local_num_tokens, s.const_len
+        (1, 5, 8)
         """
         m = as_bool_mask(response_mask, "response_mask")
         lengths = m.sum(dim=-1, dtype=torch.int64)
@@ -167,7 +178,19 @@ def loss_normalizers(
     all_reduce: bool = False,
     group: Any = None,
 ) -> LossNormalizers:
-    """Shorthand for :meth:`LossNormalizers.from_mask`."""
+    """Shorthand for :meth:`LossNormalizers.from_mask`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nat_estimators.rl import LossNormalizers, loss_normalizers
+    >>> m = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    >>> s = loss_normalizers(m)
+    >>> s.num_tokens, s.num_seqs, s.seq_lengths.tolist()
+    (6, 2, [2, 4])
+    >>> s.num_tokens == LossNormalizers.from_mask(m).num_tokens
+    True
+    """
     return LossNormalizers.from_mask(
         response_mask, const_len=const_len, all_reduce=all_reduce, group=group
     )
