@@ -66,7 +66,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nat_estimators.costmodel import TransformerConfig, batch_step_cost
+from nat_estimators.costmodel import (
+    TransformerConfig,
+    batch_step_cost,
+    nat_step_cost_ratio,
+    step_cost,
+)
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
@@ -291,14 +296,6 @@ def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[flo
     return float(peak), "torch_profiler_cpu_allocator"
 
 
-def _time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def _loadavg() -> float | None:
     try:
         import os
@@ -310,7 +307,7 @@ def _loadavg() -> float | None:
 
 # --------------------------------------------------------------------------- the step
 def _step(
-    model: VarlenCausalLM,
+    model: nn.Module,
     batch: GRPOBatch,
     selection: Selection,
     normalizers: LossNormalizers,
@@ -756,12 +753,22 @@ def _cost_model_check(
         return flops, peak
 
     f_flops, f_act = cost(full)
+    resp = [int(v) for v in batch.response_mask.sum(-1).tolist()]
+    row_full = [step_cost(cfg, st.prompt_len + n, n) for n in resp]
     out = []
     for name, ss in sels.items():
         key, k = name.split("@")
         cs = [cost(s) for s in ss]
         fl = float(np.mean([c[0] / f_flops for c in cs]))
         ac = float(np.mean([c[1] / f_act for c in cs]))
+        # the expectation over the design, row by row (nat_step_cost_ratio), summed over rows
+        exp = [nat_step_cost_ratio(cfg, st.prompt_len, n, DESIGN_OF[key], float(k)) for n in resp]
+        e_fl = sum(e["flops_ratio"] * c.flops for e, c in zip(exp, row_full, strict=True)) / sum(
+            c.flops for c in row_full
+        )
+        e_ac = sum(
+            e["peak_memory_ratio"] * c.activation_bytes for e, c in zip(exp, row_full, strict=True)
+        ) / sum(c.activation_bytes for c in row_full)
         out.append(
             {
                 "name": f"cost_model/check/{name}",
@@ -770,6 +777,8 @@ def _cost_model_check(
                 "time_ratio_measured": ratios.get(f"{key}_time_ratio@{k}"),
                 "activation_memory_ratio_model": ac,
                 "peak_memory_ratio_measured": ratios.get(f"{key}_peak_memory_ratio@{k}"),
+                "expected_flops_ratio_nat_step_cost_ratio": e_fl,
+                "expected_memory_ratio_nat_step_cost_ratio": e_ac,
             }
         )
     out.append(
@@ -788,5 +797,6 @@ def _cost_model_check(
 if __name__ == "__main__":
     import json
 
+    torch.set_num_threads(1)
     res = run_nat_step_benchmarks(quick="--full" not in sys.argv)
     print(json.dumps(res["ratios"], indent=1))

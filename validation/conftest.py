@@ -84,6 +84,7 @@ _REPORT = pytest.StashKey[str]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_START] = time.perf_counter()
+    _settings(config)  # bad option values stop the run here, once
 
 
 @pytest.fixture(scope="session")

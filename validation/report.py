@@ -114,7 +114,7 @@ def markdown(reg: Registry) -> str:
         parts += ["## Negative controls (must be rejected)", "",
                   "Studentised mean test, same threshold as the NAT tests; power = fraction of "
                   f"{reg.meta.get('power_reps')} disjoint replicates of M/"
-                  f"{reg.meta.get('power_reps')} draws rejected.", ""]
+                  f"{reg.meta.get('power_reps')} draws rejected (the smallest over modes).", ""]
         parts.append(_table(
             ["policy", "control", "design", "draws", "max |z|", "min over modes of max |z|",
              "power", "rejected"],

@@ -39,7 +39,7 @@ CUT_DESIGNS = ("prefix", "systematic", "systematic_proportional")  # <= N + 1 ou
 SUBSET_DESIGNS = ("poisson", "poisson_proportional", "simple_random")  # subsets of short rows
 EXACT_MAX_TOKENS = 16  # micro-batch budget in the exact proofs (several micro-batches)
 
-# Monte Carlo: 60 rows (15 targets x group 4), lengths 2-17
+# Monte Carlo: 60 rows (15 targets x group 4): 2-9 answer tokens (transformer), 3-17 (GRU)
 MC_TARGETS = tuple(range(4, 61, 4))
 MC_GROUP = 4
 MC_SEED = 1
