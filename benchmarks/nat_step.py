@@ -53,11 +53,13 @@ Run from the repository root: ``python benchmarks/run.py --quick`` (this section
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -269,6 +271,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines) inside the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured stderr)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
     """Peak allocated bytes of ``fn()`` above the bytes live when it starts, and the method."""
     gc.collect()
@@ -281,7 +301,7 @@ def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[flo
         return float(torch.cuda.max_memory_allocated(device) - base), "cuda_max_memory_allocated"
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [
         e
@@ -298,8 +318,6 @@ def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[flo
 
 def _loadavg() -> float | None:
     try:
-        import os
-
         return float(os.getloadavg()[0])
     except (OSError, AttributeError):
         return None

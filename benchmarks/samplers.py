@@ -818,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         for rec in res["records"]:
             if rec.get("name") == "R/version":
                 machine["R_sampling"] = rec["R"]
+            if rec.get("name") == "meta":
+                machine["torch_threads_during_run"] = rec.get("torch_threads")
         out = {"machine": machine, "ratios": res["ratios"], "records": res["records"]}
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1, sort_keys=False)

@@ -7,7 +7,19 @@ from typing import Any
 from ._compat import Array, device_of, namespace
 from ._validation import check_bool_mask, check_float_array, check_probabilities
 
-__all__ = ["eligible_rank", "prepare_pi_and_mask", "resolve_mask"]
+__all__ = ["eligible_rank", "prepare_pi_and_mask", "resolve_mask", "trusted"]
+
+
+def trusted(cls: Any, **fields: Any) -> Any:
+    """Build a design from arrays a constructor has already validated (skips ``__post_init__``).
+
+    Only for the package's own constructors, whose output satisfies the design's invariants by
+    construction; user input always goes through the validating ``__init__``.
+    """
+    obj = object.__new__(cls)
+    for k, v in fields.items():
+        object.__setattr__(obj, k, v)
+    return obj
 
 
 def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) -> Array:

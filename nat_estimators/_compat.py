@@ -24,6 +24,7 @@ __all__ = [
     "is_numpy_namespace",
     "is_torch_namespace",
     "namespace",
+    "sort_last",
     "to_numpy",
 ]
 
@@ -100,6 +101,25 @@ def gather_last(xp: Any, x: Array, idx: Array) -> Array:
     x = xp.broadcast_to(x, (*shape, x.shape[-1]))
     idx = xp.broadcast_to(idx, (*shape, idx.shape[-1]))
     return xp.take_along_axis(x, idx, axis=-1)
+
+
+def sort_last(xp: Any, x: Array) -> Array:
+    """Unstable ascending sort along the last axis, with a fast path for CPU torch tensors.
+
+    PyTorch's CPU sort of float64 is ~15x slower than numpy's; a CPU tensor that needs no
+    gradient is sorted through a zero-copy numpy view (same device, same memory: nothing moves).
+    """
+    if (
+        array_api_compat.is_torch_array(x)
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.dtype.is_floating_point
+    ):
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    return xp.sort(x, axis=-1, stable=False)
 
 
 def is_numpy_namespace(xp: Any) -> bool:

@@ -76,17 +76,20 @@ def check_probabilities(
 
     Values at ineligible positions are ignored (they may be padding, even NaN).
     """
+    # one pass on the happy path (NaN fails both comparisons); diagnose only on failure
+    ok = (pi > 0) & (pi <= 1) if not allow_zero else (pi >= 0) & (pi <= 1)
+    if not bool(xp.any(eligible & ~ok)):
+        return
     bad = eligible & ~xp.isfinite(pi)
     if bool(xp.any(bad)):
         raise ValueError(f"{name} contains NaN or Inf at eligible positions; all must be finite")
     if bool(xp.any(eligible & ((pi < 0) | (pi > 1)))):
         raise ValueError(f"{name} must lie in [0, 1] at eligible positions; found values outside")
-    if not allow_zero and bool(xp.any(eligible & (pi == 0))):
-        raise ValueError(
-            f"{name} is 0 at an eligible position: that token could never be sampled and its "
-            "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or "
-            "give it a positive probability (e.g. add a small floor to the size measure)."
-        )
+    raise ValueError(
+        f"{name} is 0 at an eligible position: that token could never be sampled and its "
+        "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or "
+        "give it a positive probability (e.g. add a small floor to the size measure)."
+    )
 
 
 def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int, ...]) -> Any:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask
-from ._compat import Array, float64_or_best, namespace
+from ._common import prepare_pi_and_mask, trusted
+from ._compat import Array, device_of, float64_or_best, is_array, namespace
 from ._design import Design
 from ._validation import check_bool_mask, check_scalar_or_row_array
 from .inclusion import inclusion_probabilities
@@ -85,7 +85,11 @@ class Poisson(Design):
         """
         xp = namespace(mask, p if not isinstance(p, (int, float)) else None)
         mask = check_bool_mask(xp, mask, "mask")
+        if mask.ndim < 1 or mask.shape[-1] == 0:
+            raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
         p = check_scalar_or_row_array(xp, p, "p", tuple(mask.shape[:-1]))
+        if is_array(p) and device_of(p) != device_of(mask):
+            raise ValueError(f"p is on device {device_of(p)} but mask is on {device_of(mask)}")
         dtype = float64_or_best(xp, mask.device)
         p_arr = xp.asarray(p, dtype=dtype, device=mask.device)
         if bool(xp.any(~((p_arr > 0) & (p_arr <= 1)))):
@@ -94,7 +98,8 @@ class Poisson(Design):
             p_arr = p_arr[..., None]
         pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=mask.device) * p_arr,
                       xp.zeros(mask.shape, dtype=dtype, device=mask.device))
-        return cls(pi, mask=mask)
+        # pi is valid by construction (p checked above): skip re-validation
+        return trusted(cls, pi=pi, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Poisson:

@@ -26,7 +26,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask
+from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask, trusted
 from ._compat import Array, device_of, float64_or_best, gather_last, namespace
 from ._design import Design
 from ._validation import check_bool_mask, check_float_array
@@ -152,7 +152,8 @@ class Prefix(Design):
         rank = eligible_rank(xp, mask)
         pi = gather_last(xp, surv, rank)
         pi = xp.where(mask, pi, xp.zeros_like(pi))
-        return cls(pi, mask=mask)
+        # valid by construction (positive, non-increasing survival): skip re-validation
+        return trusted(cls, pi=pi, mask=mask)
 
     @classmethod
     def from_budget(
@@ -257,7 +258,8 @@ class Prefix(Design):
         lin = xp.maximum(1 - j * t[..., None], a * xp.ones_like(j))
         pi = xp.where(j <= 0, xp.ones_like(j), xp.minimum(lin, xp.ones_like(lin)))
         pi = xp.where(mask, pi, xp.zeros_like(pi))
-        return cls(pi, mask=mask)
+        # valid by construction (positive, non-increasing survival): skip re-validation
+        return trusted(cls, pi=pi, mask=mask)
 
     # -------------------------------------------------------------- contract
     @property

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._common import resolve_mask
-from ._compat import Array, float64_or_best, gather_last, is_array, namespace
+from ._compat import Array, float64_or_best, gather_last, is_array, namespace, sort_last
 from ._design import Design
 from ._validation import check_bool_mask, check_scalar_or_row_array
 
@@ -188,9 +188,18 @@ class SimpleRandom(Design):
         xp = self.xp
         # keys: the uniforms at eligible positions, 2 (> any uniform) elsewhere
         keys = xp.where(self.mask, u, 2 * xp.ones_like(u))
-        srt = xp.sort(keys, axis=-1)
-        idx = xp.maximum(self.n - 1, xp.zeros_like(self.n))[..., None]
+        # order among equal keys is irrelevant for the threshold: an unstable sort is much faster
+        srt = sort_last(xp, keys)
+        zero = xp.zeros_like(self.n)
+        idx = xp.maximum(self.n - 1, zero)[..., None]
         thr = gather_last(xp, srt, idx)
+        nxt_idx = xp.minimum(self.n, xp.full_like(self.n, self.num_units - 1))[..., None]
+        nxt = gather_last(xp, srt, nxt_idx)
+        count = self.eligible_count()
+        tie = (nxt == thr)[..., 0] & (self.n > 0) & (self.n < count)
+        if not bool(xp.any(tie)):
+            # no tie at the threshold in any row: the n smallest keys are exactly `keys <= thr`
+            return (keys <= thr) & (self.n > 0)[..., None]
         # Ties at the threshold (equal uniforms, e.g. low-precision or user-supplied u) would
         # select more than n tokens with `keys <= thr`; keep every key below the threshold and
         # only as many tied keys (leftmost first) as are needed to reach exactly n.

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask
+from ._common import prepare_pi_and_mask, trusted
 from ._compat import Array, float64_or_best
 from ._design import Design
 from .inclusion import inclusion_probabilities
@@ -97,7 +97,7 @@ class Systematic(Design):
         array([ True, False, False, False,  True, False, False, False])
         """
         p = Poisson.uniform(keep, mask=mask)
-        return cls(p.pi, mask=p.mask)
+        return trusted(cls, pi=p.pi, mask=p.mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Systematic:
@@ -121,12 +121,21 @@ class Systematic(Design):
         """One uniform per row: ``batch_shape``."""
         return self.batch_shape
 
+    def _cumsum(self) -> Array:
+        r""":math:`V_k = \pi_1 + \dots + \pi_k` in float64, computed once and cached."""
+        v = self.__dict__.get("_v")
+        if v is None:
+            xp = self.xp
+            # sweep in float64 (where the device has it) whatever pi's dtype
+            pi = xp.astype(self.pi, float64_or_best(xp, self.device))
+            v = xp.cumulative_sum(pi, axis=-1)
+            object.__setattr__(self, "_v", v)
+        return v
+
     def _cumulative(self) -> tuple[Array, Array]:
         """:math:`V_k` and :math:`V_{k-1}` (the latter built from the same cumulative sum)."""
         xp = self.xp
-        # sweep in float64 (where the device has it) whatever pi's dtype
-        pi = xp.astype(self.pi, float64_or_best(xp, self.device))
-        v = xp.cumulative_sum(pi, axis=-1)
+        v = self._cumsum()
         zero = xp.zeros((*self.batch_shape, 1), dtype=v.dtype, device=self.device)
         vprev = xp.concat([zero, v[..., :-1]], axis=-1)
         return v, vprev
@@ -141,28 +150,38 @@ class Systematic(Design):
         return self.pi
 
     def joint_inclusion_probabilities(self) -> Array:
-        r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``."""
+        r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``.
+
+        With the arcs shifted so that :math:`A_k = (0, \pi_k]` and
+        :math:`d = (a_l - a_k) \bmod 1`, :math:`A_l = (d, d + \pi_l]` and
+
+        .. math:: \pi_{kl} = \bigl(\min(\pi_k - d, \pi_l)\bigr)_+
+                  + \bigl(\min(\pi_k, d + \pi_l - 1)\bigr)_+ ,
+
+        the second term being the part of :math:`A_l` that wraps past 1.  This gives
+        :math:`\pi_{kk} = \pi_k` and 0 for ineligible units on its own.
+        """
         xp = self.xp
         _, vprev = self._cumulative()
         a = vprev - xp.floor(vprev)
-        b = a + xp.astype(self.pi, a.dtype)
-        ak, bk = a[..., :, None], b[..., :, None]
-        al, bl = a[..., None, :], b[..., None, :]
+        p = xp.astype(self.pi, a.dtype)
+        d = a[..., None, :] - a[..., :, None]
+        d = d - xp.floor(d)
+        pk, pl = p[..., :, None], p[..., None, :]
         zero = xp.zeros((1,), dtype=a.dtype, device=self.device)
-        total = None
-        for j in (-1.0, 0.0, 1.0):
-            ov = xp.maximum(xp.minimum(bk, bl + j) - xp.maximum(ak, al + j), zero)
-            total = ov if total is None else total + ov
-        assert total is not None
+        total = (xp.maximum(xp.minimum(pk - d, pl), zero)
+                 + xp.maximum(xp.minimum(pk, d + pl - 1), zero))
         total = (total + xp.matrix_transpose(total)) / 2
-        both = self.mask[..., :, None] & self.mask[..., None, :]
-        total = xp.where(both, xp.minimum(total, xp.ones_like(total)), xp.zeros_like(total))
-        eye = xp.eye(self.num_units, dtype=xp.bool, device=self.device)
         total = xp.astype(total, self.pi.dtype)
+        eye = xp.eye(self.num_units, dtype=xp.bool, device=self.device)
         return xp.where(eye, self.pi[..., :, None] * xp.ones_like(total), total)
 
     def _sample(self, u: Array) -> Array:
         xp = self.xp
-        v, vprev = self._cumulative()
+        v = self._cumsum()
         uu = xp.astype(u, v.dtype)[..., None]
-        return (xp.floor(v - uu) > xp.floor(vprev - uu)) & self.mask
+        f = xp.floor(v - uu)
+        # V_0 = 0: the first token compares with floor(-u); pi = 0 keeps V flat, so ineligible
+        # positions are never selected without an extra mask pass
+        first = f[..., :1] > xp.floor(-uu)
+        return xp.concat([first, f[..., 1:] > f[..., :-1]], axis=-1)
