@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             _log(f"[samplers] quick={args.quick}")
-            s = run_sampler_benchmarks(args.quick, with_r=not args.no_r)
+            s = run_sampler_benchmarks(
+                args.quick,
+                with_r=not args.no_r,
+                torch_device=str(dev) if dev.type == "cuda" else "cpu",
+            )
             ratios.update(s["ratios"])
             for rec in s["records"]:
                 rec = dict(rec)
