@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     machine["wall_s"] = time.perf_counter() - t0
     machine["quick"] = args.quick
+    machine["command"] = " ".join(
+        ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     out = {"machine": machine, "ratios": ratios, "records": records}
     if args.json:
         path = Path(args.json)
@@ -235,14 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rp = Path(args.report)
         plots = Path(args.plots_dir) if args.plots_dir else rp.parent / "results"
-        write_report(
-            out,
-            rp,
-            plots,
-            command=" ".join(
-                ["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]
-            ),
-        )
+        write_report(out, rp, plots)
         _log(f"wrote {rp} and plots in {plots}")
     from benchmarks.report import format_summary
 

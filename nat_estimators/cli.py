@@ -58,8 +58,8 @@ def gradient_profile(
     for t in range(1, length):
         z[:, t] = rho * z[:, t - 1] + math.sqrt(1 - rho**2) * eps[:, t]
     adv = rng.choice([-1.0, 1.0], size=(rows, 1, 1)) * rng.uniform(0.5, 1.5, size=(rows, 1, 1))
-    t = np.arange(length)[None, :, None] / length
-    scale = 1.0 + 0.5 * np.sin(2 * np.pi * t)
+    frac = np.arange(length)[None, :, None] / length
+    scale = 1.0 + 0.5 * np.sin(2 * np.pi * frac)
     y = adv * scale * (z + 0.3 * rng.normal(size=(rows, length, dim)))
     return np.where(mask[..., None], y, 0.0), mask
 
