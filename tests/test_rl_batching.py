@@ -192,3 +192,66 @@ def test_bad_input():
     with pytest.raises(ValueError, match="hidden"):
         token_logprobs(torch.randn(2, 4, 4), head, torch.zeros(2, 5, dtype=torch.long),
                        am & False)
+
+
+@pytest.mark.parametrize("max_rows", [1, 2, 4])
+@pytest.mark.parametrize("design", ["prefix", "poisson"])
+def test_balanced_packing_matches_full_forward(design, max_rows):
+    """balance=True: every kept position once, <= max_rows rows per micro-batch, the fewest
+    micro-batches, loads within one row of each other (greedy LPT), and exact log-probs."""
+    ids, am, rm = make_batch(3)
+    model = model64(2)
+    sel = select_tokens(rm, design, 0.5, generator=torch.Generator().manual_seed(5))
+    keep = crop_mask(am, sel.crop_lengths)
+    plan = pack_rows(keep, max_rows=max_rows, balance=True)
+    n_rows = int((keep.sum(-1) > 0).sum())
+    assert len(plan) == -(-n_rows // max_rows)
+    seen = torch.zeros(ids.shape, dtype=torch.long)
+    loads = []
+    for mb in plan:
+        b, t = mb.shape
+        assert b <= max_rows
+        rr = mb.rows[:, None].expand(b, t)
+        seen.index_put_((rr[mb.valid], mb.index[mb.valid]), torch.ones(()).long(),
+                        accumulate=True)
+        loads.append(int(mb.valid.sum()))
+    assert torch.equal(seen, keep.long())
+    if len(loads) > 1:
+        assert max(loads) - min(loads) <= int(keep.sum(-1).max())
+    parts = []
+    for mb in plan:
+        mids = mb.gather(ids)
+        hidden = model.backbone(mids, mb.valid)
+        lp, _ = token_logprobs(hidden, model.head, mids, mb.gather(sel.mask, fill=False))
+        parts.append(lp)
+    got = plan.scatter(parts)
+    want = full_logprobs(model, ids, am)
+    torch.testing.assert_close(got[sel.mask], want[sel.mask], rtol=0, atol=1e-10)
+
+
+def test_balance_needs_max_rows():
+    _, am, _ = make_batch()
+    with pytest.raises(ValueError, match="balance"):
+        pack_rows(am, max_tokens=10, balance=True)
+    with pytest.raises(ValueError, match="balance"):
+        pack_rows(am, balance="yes")
+
+
+def test_fused_target_logprob_value_and_gradients():
+    """The hand-written backward of the selected-position log-prob equals autograd's
+    log_softmax + gather: values, first and second derivatives (gradcheck/gradgradcheck), with
+    and without create_graph."""
+    from nat_estimators.rl.heads import _TargetLogProb
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 11, (7,), generator=g)
+    got = _TargetLogProb.apply(logits, target)
+    want = torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    w = torch.randn(7, generator=g, dtype=torch.float64)
+    (g1,) = torch.autograd.grad((got * w).sum(), logits)
+    (g2,) = torch.autograd.grad((want * w).sum(), logits)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x: _TargetLogProb.apply(x, target), (logits,))
+    assert torch.autograd.gradgradcheck(lambda x: _TargetLogProb.apply(x, target), (logits,))
