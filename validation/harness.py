@@ -28,6 +28,7 @@ from torch import nn
 
 import nat_estimators as nat
 from nat_estimators.rl import (
+    DESIGNS,
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
@@ -76,14 +77,7 @@ CONST_LEN = 32  # Dr. GRPO's pinned constant: the response length limit of the M
 PERTURB = 0.03  # theta = theta_old + PERTURB * std(param) * N(0, 1): ratios != 1, some clipping
 
 #: The designs of :func:`nat_estimators.rl.select_tokens`, at budget ``KEEP``.
-DESIGN_NAMES = (
-    "prefix",
-    "poisson",
-    "simple_random",
-    "systematic",
-    "poisson_proportional",
-    "systematic_proportional",
-)
+DESIGN_NAMES = DESIGNS
 CANONICAL_MODES = (
     "token-mean",
     "token-sum",

@@ -13,7 +13,7 @@ entropy, :math:`|A|`) are detached.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -33,14 +33,7 @@ DesignName = Literal[
 ]
 
 #: Design names :func:`select_tokens` accepts.
-DESIGNS: tuple[str, ...] = (
-    "prefix",
-    "poisson",
-    "simple_random",
-    "systematic",
-    "poisson_proportional",
-    "systematic_proportional",
-)
+DESIGNS: tuple[str, ...] = get_args(DesignName)
 
 
 def ht_weights(
