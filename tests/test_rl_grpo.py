@@ -187,3 +187,24 @@ def test_bad_config_and_batch():
         grpo_backward(model, b2, GRPOConfig(kl_coef=0.1))
     with pytest.raises(ValueError, match="const_len"):
         grpo_backward(model, b2, GRPOConfig(loss_mode="dr_grpo"))
+
+
+def test_balanced_micro_batches_give_the_same_gradient():
+    """balance=True only regroups rows: same selection => same NAT gradient (float64)."""
+    model, batch = make()
+    sel = select_tokens(batch.response_mask, "prefix", 0.5,
+                        generator=torch.Generator().manual_seed(4), weight_dtype=torch.float64)
+    grads, plans = [], []
+    for balance in (False, True):
+        model.zero_grad(set_to_none=True)
+        cfg = GRPOConfig(design="prefix", loss_mode="seq-mean-token-mean", max_rows=2,
+                         balance=balance, kl_coef=0.05)
+        out = grpo_backward(model, batch, cfg, selection=sel)
+        grads.append(flat_grad(model))
+        plans.append(out.metrics["micro_batches"])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    assert plans[0] == plans[1]
+    with pytest.raises(ValueError, match="balance"):
+        GRPOConfig(balance=True)
+    with pytest.raises(ValueError, match="balance"):
+        GRPOConfig(balance=True, max_rows=2, max_tokens=10)

@@ -100,6 +100,11 @@ class GRPOConfig:
     normalizer : {"ht", "hajek"}, default "ht"
     max_tokens, max_rows : int, optional
         Micro-batch budget (padded tokens, rows); ``None``: one micro-batch.
+    balance : bool, default False
+        With ``max_rows`` (and no ``max_tokens``): spread the cropped rows over the fewest
+        micro-batches so that each holds about the same number of real tokens
+        (:func:`~nat_estimators.rl.pack_rows` with ``balance=True``).  Under prefix cutting this
+        keeps the peak near the kept-token share instead of the longest kept row's micro-batch.
     const_len : int, optional
         :math:`C` for ``seq-mean-token-sum-norm`` / ``dr_grpo``.
     crop : bool, default True
@@ -133,6 +138,7 @@ class GRPOConfig:
     normalizer: str = "ht"
     max_tokens: int | None = None
     max_rows: int | None = None
+    balance: bool = False
     const_len: int | None = None
     crop: bool = True
     temperature: float = 1.0
@@ -152,6 +158,13 @@ class GRPOConfig:
             raise ValueError(f"normalizer must be 'ht' or 'hajek', got {self.normalizer!r}")
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
             raise ValueError("kl_coef, entropy_coef, clip_low and clip_high must be >= 0")
+        if not isinstance(self.balance, bool):
+            raise ValueError(f"balance must be a bool, got {self.balance!r}")
+        if self.balance and (self.max_rows is None or self.max_tokens is not None):
+            raise ValueError(
+                "balance=True needs max_rows and no max_tokens (it spreads rows over "
+                "ceil(n / max_rows) micro-batches of about equal real tokens)"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -365,6 +378,7 @@ def plan_batch(batch: GRPOBatch, selection: Selection, config: GRPOConfig) -> Pa
         _forward_keep(batch, selection, config.crop),
         max_tokens=config.max_tokens,
         max_rows=config.max_rows,
+        balance=config.balance,
     )
 
 
