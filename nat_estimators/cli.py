@@ -195,11 +195,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print("error: the validation suite lives in the repository checkout (validation/); "
               "run this command from a clone of nat_estimators", file=sys.stderr)
         return 2
-    try:
-        import pytest
-    except ImportError:
-        print("error: validate needs pytest: pip install 'nat-estimators[test]'", file=sys.stderr)
+    import importlib.util
+
+    needs = {"pytest": "test", "torch": "torch", "matplotlib": "all"}
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = sorted({needs[m] for m in missing})
+        print(f"error: validate needs {', '.join(missing)}: pip install "
+              f"'nat-estimators[{','.join(extras)}]'", file=sys.stderr)
         return 2
+    import pytest
+
     argv = [str(suite), "-q"]
     if args.quick:
         argv += ["--nat-quick"]

@@ -23,6 +23,14 @@ REINFORCE, per-token KL and entropy).  Sequence-level ratio objectives (GSPO) ar
 
 from __future__ import annotations
 
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "nat_estimators.rl needs PyTorch; install it with pip install 'nat-estimators[torch]' "
+        "(on a CPU-only machine pin the CPU build, e.g. torch==2.13.0)"
+    ) from _e
+
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .grpo import (
     BackboneHeadModel,
