@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +198,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 2
     import importlib.util
 
-    needs = {"pytest": "test", "torch": "torch", "matplotlib": "all"}
+    needs = {"pytest": "test", "torch": "torch", "matplotlib": "all", "tqdm": "all"}
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         extras = sorted({needs[m] for m in missing})
@@ -206,12 +207,52 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 2
     import pytest
 
-    argv = [str(suite), "-q"]
+    # no terminal reporter (the bar replaces it); its ini option "-ra" must go with it
+    argv = [str(suite), "-p", "no:terminal", "-p", "no:cacheprovider",
+            "-o", "addopts=--strict-markers"]
     if args.quick:
         argv += ["--nat-quick"]
-    if args.report:
-        argv += [f"--nat-report={args.report}"]
-    return int(pytest.main(argv))
+    report = Path(args.report) if args.report else root / "validation_report"
+    argv += [f"--nat-report={report}"]
+    progress = _ProgressBar()
+    code = int(pytest.main(argv, plugins=[progress]))
+    for nodeid, text in progress.failures:
+        print(f"\nFAILED {nodeid}\n{text}", file=sys.stderr)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(progress.outcomes.items()))
+    print(f"validation: {counts or 'no tests ran'} (exit status {code})")
+    if (report / "report.md").exists():
+        print(f"report: {(report / 'report.md').resolve()}")
+    return code
+
+
+class _ProgressBar:
+    """pytest plugin for ``validate``: a tqdm bar over the tests, outcome counts, failures."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.outcomes: dict[str, int] = {}
+        self.failures: list[tuple[str, str]] = []
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(session.items), desc="validating", unit="test",
+                        file=sys.stderr)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            self.outcomes[report.outcome] = self.outcomes.get(report.outcome, 0) + 1
+        if report.failed:
+            self.failures.append((report.nodeid, report.longreprtext))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(nodeid.split("::")[-1][:40], refresh=False)
+            self.bar.update(1)
+
+    def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
