@@ -323,9 +323,29 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     return r.run(chunk, y, w, w0, m, order, lengths)
 
 
+#: Largest dense (rows x N x N) joint-probability array the dense paths will build.
+_DENSE_LIMIT = 2**27
+
+
+def _check_dense_size(r: _Rows, design: Design, what: str) -> None:
+    n = int(r.y.shape[1])
+    size = r.n_rows * n * n
+    if size > _DENSE_LIMIT:
+        gib = size * 8 / 2**30
+        hint = (" For systematic samples use method='successive_differences' (O(N))."
+                if isinstance(design, Systematic) else "")
+        raise ValueError(
+            f"{what} for {type(design).__name__} needs the dense {r.n_rows} x {n} x {n} joint "
+            f"inclusion probabilities (~{gib:.1f} GiB in float64), above the "
+            f"{_DENSE_LIMIT:,}-entry limit of the dense path; split the batch into fewer rows "
+            f"or shorter rows.{hint}"
+        )
+
+
 def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
     xp = r.xp
     n = int(y.shape[1])
+    _check_dense_size(r, design, "the dense design variance")
     p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), r.pi.dtype),
                     (r.n_rows, n, n))
     delta = p2 - r.pi[:, :, None] * r.pi[:, None, :]
@@ -522,6 +542,7 @@ def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: b
     xp = r.xp
     dt = r.pi.dtype
     n = int(y.shape[1])
+    _check_dense_size(r, design, f"variance_estimate(method={method!r})")
     p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
     pi = r.pi
     both = s[:, :, None] & s[:, None, :]

@@ -611,3 +611,17 @@ def test_fast_paths_use_linear_memory(kind: str) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 12 * y.nbytes, (peak / y.nbytes)
+
+
+def test_dense_paths_refuse_huge_matrices_with_advice() -> None:
+    """A long systematic row would need an N x N matrix: a clear error, not an OOM."""
+    mask = np.ones((4, 8192), dtype=bool)
+    d = nat.Systematic.uniform(0.5, mask=mask)
+    y = np.ones((4, 8192))
+    s = d.draw(0)
+    with pytest.raises(ValueError, match="successive_differences"):
+        nat.variance_estimate(y, s, d)
+    with pytest.raises(ValueError, match="dense"):
+        nat.design_variance(y, d, method="dense")
+    v = nat.variance_estimate(y, s, d, method="successive_differences")
+    assert v.shape == (4,) and np.all(np.isfinite(v))
