@@ -168,50 +168,40 @@ def _plots(reg: Registry, out: Path) -> list[str]:
         plt.close(fig)
         names.append("bias_z.png")
 
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        width = 0.8 / max(1, len(policies))
-        for k, pol in enumerate(policies):
-            rel = [next((r["rel_var"] for r in reg.mc if r["policy"] == pol and r["design"] == d
-                         and r["mode"] == "token-mean"), np.nan) for d in designs]
-            vsp = [next((r["vs_poisson"] for r in reg.mc if r["policy"] == pol and
-                         r["design"] == d and r["mode"] == "token-mean"), np.nan) for d in designs]
-            axes[0].bar(np.arange(len(designs)) + k * width, rel, width, label=pol)
-            axes[1].bar(np.arange(len(designs)) + k * width, vsp, width, label=pol)
-        axes[0].set_ylabel("tr Cov(ĝ) / ‖g‖²  (token-mean)")
-        axes[1].set_ylabel("tr Cov(ĝ) / tr Cov(uniform Poisson)")
-        axes[1].axhline(1.0, color="k", lw=1)
-        for ax in axes:
-            ax.set_xticks(np.arange(len(designs)) + width * (len(policies) - 1) / 2)
-            ax.set_xticklabels(designs, rotation=30, ha="right", fontsize=8)
-            ax.legend(fontsize=8)
-        axes[0].set_title("exact variance relative to the full-token gradient")
-        axes[1].set_title("exact variance relative to uniform Poisson, same budget")
-        fig.tight_layout()
-        fig.savefig(out / "variance.png", dpi=110)
-        plt.close(fig)
-        names.append("variance.png")
+        def token_mean(pol: str, d: str, key: str, fn: Any = float) -> float:
+            return next((fn(r[key]) for r in reg.mc if r["policy"] == pol and r["design"] == d
+                         and r["mode"] == "token-mean"), np.nan)
 
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        for k, pol in enumerate(policies):
-            rb = [next((abs(r["hajek_rel_bias"]) for r in reg.mc if r["policy"] == pol and
-                        r["design"] == d and r["mode"] == "token-mean"), np.nan) for d in designs]
-            vr = [next((r["hajek_mse_ratio"] for r in reg.mc if r["policy"] == pol and
-                        r["design"] == d and r["mode"] == "token-mean"), np.nan) for d in designs]
-            axes[0].bar(np.arange(len(designs)) + k * width, rb, width, label=pol)
-            axes[1].bar(np.arange(len(designs)) + k * width, vr, width, label=pol)
-        axes[0].set_ylabel("|relative bias| of Hájek along g")
-        axes[1].set_ylabel("MSE(Hájek) / Var(HT) along g")
-        axes[1].axhline(1.0, color="k", lw=1)
-        for ax in axes:
-            ax.set_xticks(np.arange(len(designs)) + width * (len(policies) - 1) / 2)
-            ax.set_xticklabels(designs, rotation=30, ha="right", fontsize=8)
-            ax.legend(fontsize=8)
-        axes[0].set_title("Hájek bias (token-mean)")
-        axes[1].set_title("Hájek MSE vs HT variance (token-mean)")
-        fig.tight_layout()
-        fig.savefig(out / "hajek.png", dpi=110)
-        plt.close(fig)
-        names.append("hajek.png")
+        def paired_bars(keys: tuple[str, str], fn: Any, ylabels: tuple[str, str],
+                        titles: tuple[str, str], name: str) -> None:
+            """Two bar panels (one per key) of a token-mean figure per policy and design."""
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+            width = 0.8 / max(1, len(policies))
+            for k, pol in enumerate(policies):
+                for ax, key, f in zip(axes, keys, fn, strict=True):
+                    ys = [token_mean(pol, d, key, f) for d in designs]
+                    ax.bar(np.arange(len(designs)) + k * width, ys, width, label=pol)
+            for ax, yl, title in zip(axes, ylabels, titles, strict=True):
+                ax.set_ylabel(yl)
+                ax.set_xticks(np.arange(len(designs)) + width * (len(policies) - 1) / 2)
+                ax.set_xticklabels(designs, rotation=30, ha="right", fontsize=8)
+                ax.legend(fontsize=8)
+                ax.set_title(title)
+            axes[1].axhline(1.0, color="k", lw=1)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            names.append(name)
+
+        paired_bars(("rel_var", "vs_poisson"), (float, float),
+                    ("tr Cov(ĝ) / ‖g‖²  (token-mean)", "tr Cov(ĝ) / tr Cov(uniform Poisson)"),
+                    ("exact variance relative to the full-token gradient",
+                     "exact variance relative to uniform Poisson, same budget"),
+                    "variance.png")
+        paired_bars(("hajek_rel_bias", "hajek_mse_ratio"), (abs, float),
+                    ("|relative bias| of Hájek along g", "MSE(Hájek) / Var(HT) along g"),
+                    ("Hájek bias (token-mean)", "Hájek MSE vs HT variance (token-mean)"),
+                    "hajek.png")
 
         fig, ax = plt.subplots(figsize=(5, 4))
         ratios = [r["var_ratio"] for r in reg.mc]
