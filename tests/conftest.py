@@ -145,3 +145,15 @@ def device_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 def numpy_backend() -> Backend:
     """The numpy backend alone (reference computations)."""
     return _BACKENDS["numpy"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: torch intra-op threads only add synchronisation (badly so on a loaded
+    machine); modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
