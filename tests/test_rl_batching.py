@@ -52,6 +52,28 @@ def full_logprobs(model, ids, am):
     return out
 
 
+def coverage(plan, shape):
+    """How many times each position appears in the plan's micro-batches."""
+    seen = torch.zeros(shape, dtype=torch.long)
+    for mb in plan:
+        b, t = mb.shape
+        rr = mb.rows[:, None].expand(b, t)
+        seen.index_put_((rr[mb.valid], mb.index[mb.valid]), torch.ones(()).long(),
+                        accumulate=True)
+    return seen
+
+
+def packed_logprobs(model, plan, ids, selected):
+    """Packed forward, LM head only at the selected positions, scattered back to (B, T)."""
+    parts = []
+    for mb in plan:
+        mids = mb.gather(ids)
+        hidden = model.backbone(mids, mb.valid)
+        lp, _ = token_logprobs(hidden, model.head, mids, mb.gather(selected, fill=False))
+        parts.append(lp)
+    return plan.scatter(parts)
+
+
 @pytest.mark.parametrize("max_tokens", [None, 20, 1])
 @pytest.mark.parametrize("design", ["prefix", "poisson", "systematic"])
 def test_crop_pack_scatter_matches_full_forward(design, max_tokens):
@@ -61,22 +83,12 @@ def test_crop_pack_scatter_matches_full_forward(design, max_tokens):
     keep = crop_mask(am, sel.crop_lengths)
     plan = pack_rows(keep, max_tokens=max_tokens)
     # every kept position appears exactly once; budget respected
-    seen = torch.zeros(ids.shape, dtype=torch.long)
     for mb in plan:
         b, t = mb.shape
         assert max_tokens is None or b * t <= max(max_tokens, t)
-        rr = mb.rows[:, None].expand(b, t)
-        seen.index_put_((rr[mb.valid], mb.index[mb.valid]), torch.ones(()).long(),
-                        accumulate=True)
-    assert torch.equal(seen, keep.long())
+    assert torch.equal(coverage(plan, ids.shape), keep.long())
     # packed forward, head only at the selected positions
-    parts = []
-    for mb in plan:
-        mids = mb.gather(ids)
-        hidden = model.backbone(mids, mb.valid)
-        lp, _ = token_logprobs(hidden, model.head, mids, mb.gather(sel.mask, fill=False))
-        parts.append(lp)
-    got = plan.scatter(parts)
+    got = packed_logprobs(model, plan, ids, sel.mask)
     want = full_logprobs(model, ids, am)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got[sel.mask], want[sel.mask], rtol=0, atol=1e-10)
@@ -201,25 +213,12 @@ def test_balanced_packing_matches_full_forward(design, max_rows):
     plan = pack_rows(keep, max_rows=max_rows, balance=True)
     n_rows = int((keep.sum(-1) > 0).sum())
     assert len(plan) == -(-n_rows // max_rows)
-    seen = torch.zeros(ids.shape, dtype=torch.long)
-    loads = []
-    for mb in plan:
-        b, t = mb.shape
-        assert b <= max_rows
-        rr = mb.rows[:, None].expand(b, t)
-        seen.index_put_((rr[mb.valid], mb.index[mb.valid]), torch.ones(()).long(),
-                        accumulate=True)
-        loads.append(int(mb.valid.sum()))
-    assert torch.equal(seen, keep.long())
+    assert all(mb.shape[0] <= max_rows for mb in plan)
+    assert torch.equal(coverage(plan, ids.shape), keep.long())
+    loads = [int(mb.valid.sum()) for mb in plan]
     if len(loads) > 1:
         assert max(loads) - min(loads) <= int(keep.sum(-1).max())
-    parts = []
-    for mb in plan:
-        mids = mb.gather(ids)
-        hidden = model.backbone(mids, mb.valid)
-        lp, _ = token_logprobs(hidden, model.head, mids, mb.gather(sel.mask, fill=False))
-        parts.append(lp)
-    got = plan.scatter(parts)
+    got = packed_logprobs(model, plan, ids, sel.mask)
     want = full_logprobs(model, ids, am)
     torch.testing.assert_close(got[sel.mask], want[sel.mask], rtol=0, atol=1e-10)
 
