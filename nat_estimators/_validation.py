@@ -16,6 +16,7 @@ from ._compat import Array, is_array, is_floating
 __all__ = [
     "check_bool_mask",
     "check_float_array",
+    "check_fraction",
     "check_probabilities",
     "check_same_shape",
 ]
@@ -90,6 +91,18 @@ def check_probabilities(
         "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or "
         "give it a positive probability (e.g. add a small floor to the size measure)."
     )
+
+
+def check_fraction(v: Any, name: str, *, low_open: bool = True) -> float:
+    """A finite Python number in (0, 1] (``low_open``) or [0, 1], returned as float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    v = float(v)
+    ok = (0 < v <= 1) if low_open else (0 <= v <= 1)
+    if not ok:
+        rng = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(f"{name} must lie in {rng}, got {v}")
+    return v
 
 
 def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int, ...]) -> Any:

@@ -21,28 +21,15 @@ row must be kept with positive probability, and the last tokens carry the larges
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask, trusted
 from ._compat import Array, device_of, float64_or_best, gather_last, namespace
 from ._design import Design
-from ._validation import check_bool_mask, check_float_array
+from ._validation import check_bool_mask, check_float_array, check_fraction
 
 __all__ = ["Prefix"]
-
-
-def _check_fraction(v: Any, name: str, *, low_open: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    v = float(v)
-    ok = (0 < v <= 1) if low_open else (0 <= v <= 1)
-    if not ok:
-        rng = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{name} must lie in {rng}, got {v}")
-    return v
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -225,9 +212,9 @@ class Prefix(Design):
         mask = check_bool_mask(xp, mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis")
-        kappa = _check_fraction(keep, "keep")
-        a = _check_fraction(full_keep, "full_keep")
-        mu = _check_fraction(min_keep, "min_keep", low_open=False)
+        kappa = check_fraction(keep, "keep")
+        a = check_fraction(full_keep, "full_keep")
+        mu = check_fraction(min_keep, "min_keep", low_open=False)
         dev = device_of(mask)
         dt = float64_or_best(xp, dev) if dtype is None else dtype
         count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)

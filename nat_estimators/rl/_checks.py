@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+# the core checks, shared (re-exported for the rl modules)
+from .._validation import check_fraction, check_same_shape
+
 __all__ = [
     "as_bool_mask",
     "check_2d",
@@ -46,13 +49,6 @@ def as_bool_mask(mask: Any, name: str, *, check_values: bool = True) -> torch.Te
     return mask != 0
 
 
-def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
-    """``a`` and ``b`` must have identical shapes."""
-    if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(
-            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
-            "they must be equal"
-        )
 
 
 def check_weight_dtype(dtype: Any, name: str) -> torch.dtype:
@@ -66,13 +62,6 @@ def check_weight_dtype(dtype: Any, name: str) -> torch.dtype:
     return dtype
 
 
-def check_fraction(v: Any, name: str) -> float:
-    """A finite number in (0, 1]."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-        raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")
-    if not 0 < float(v) <= 1:
-        raise ValueError(f"{name} must lie in (0, 1], got {v}")
-    return float(v)
 
 
 def check_positive_number(v: Any, name: str, *, allow_zero: bool = False) -> Any:
