@@ -19,8 +19,10 @@ Every design exposes the same five methods (DESIGN.md §3):
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any
 
+from ._common import trusted
 from ._compat import Array, device_of, is_floating, namespace
 from .random import RNGLike, uniforms
 
@@ -152,6 +154,26 @@ class Design(abc.ABC):
     def expected_size(self) -> Array:
         r"""Expected sample size per row, :math:`E|S| = \sum_k \pi_k`, shape ``batch_shape``."""
         return self.xp.sum(self.inclusion_probabilities(), axis=-1)
+
+    def rows(self, index: Any) -> Design:
+        """The same design restricted to the rows ``index`` of its leading (row) axis.
+
+        ``index`` is anything the array library accepts as an index of the first axis (an int, a
+        slice, an integer or boolean array).  Each row's design is unchanged, so the result needs
+        no re-validation.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.SimpleRandom(np.array([1, 2, 3]), mask=np.ones((3, 4), dtype=bool))
+        >>> d.rows(np.array([2, 0])).n
+        array([3, 1])
+        """
+        if not self.batch_shape:
+            raise ValueError("rows() needs a design with a leading row axis (a batch of rows)")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return trusted(type(self), **{k: v[index, ...] for k, v in fields.items()})
 
     def max_weight(self) -> Array:
         r"""Largest Horvitz–Thompson weight :math:`\max_k 1/\pi_k` over eligible tokens per row.

@@ -428,3 +428,23 @@ def test_every_case_table_is_used() -> None:
     assert any(c.fixed_size for c in SYSTEMATIC_CASES)
     for table in (POISSON_CASES, SYSTEMATIC_CASES, PREFIX_CASES):
         assert any((c.clean_pi == 1).any() for c in table)
+
+
+def test_rows_restricts_every_design(backend: Any) -> None:
+    """Design.rows(index) is the same design on a subset of rows (probabilities and samples)."""
+    mask = np.array([[1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=bool)
+    m = backend.asarray(mask)
+    designs = [nat.Poisson.uniform(0.4, mask=m), nat.SimpleRandom.from_fraction(0.5, mask=m),
+               nat.Systematic.uniform(0.6, mask=m), nat.Prefix.from_budget(0.5, mask=m)]
+    for d in designs:
+        sub = d.rows(slice(1, 3))
+        assert type(sub) is type(d) and sub.batch_shape == (2,)
+        np.testing.assert_array_equal(backend.to_numpy(sub.inclusion_probabilities()),
+                                      backend.to_numpy(d.inclusion_probabilities())[1:3])
+        np.testing.assert_array_equal(backend.to_numpy(sub.joint_inclusion_probabilities()),
+                                      backend.to_numpy(d.joint_inclusion_probabilities())[1:3])
+        u = nat.uniforms(0, d.uniform_shape, xp=d.xp, device=d.device)
+        np.testing.assert_array_equal(backend.to_numpy(sub.sample(u[1:3, ...])),
+                                      backend.to_numpy(d.sample(u))[1:3])
+    with pytest.raises(ValueError, match="row axis"):
+        nat.Poisson.uniform(0.5, mask=backend.asarray(mask[0])).rows(0)

@@ -95,14 +95,6 @@ def _crop_lengths(sample: torch.Tensor) -> torch.Tensor:
     return torch.where(sample, t, torch.zeros_like(t)).amax(dim=-1)
 
 
-def _subset_design(design: Design, index: torch.Tensor) -> Design:
-    if isinstance(design, SimpleRandom):
-        return SimpleRandom(design.n[index], mask=design.mask[index])
-    if isinstance(design, (Poisson, Systematic, Prefix)):
-        return type(design)(design.pi[index], mask=design.mask[index])
-    raise TypeError(f"cannot take rows of a {type(design).__name__} design")
-
-
 @dataclass(frozen=True, eq=False)
 class Selection:
     r"""A drawn token selection and everything the loss needs from it.
@@ -187,7 +179,7 @@ class Selection:
             self.mask[index],
             self.pi[index],
             self.weights[index],
-            _subset_design(self.design, index),
+            self.design.rows(index),
             self.response_mask[index],
             self.crop_lengths[index],
             None if self.cut_lengths is None else self.cut_lengths[index],
