@@ -15,13 +15,11 @@ from array_api_compat import array_namespace, device, is_array_api_obj
 
 __all__ = [
     "Array",
-    "as_python_bool",
     "device_of",
     "float_dtype",
     "gather_last",
     "is_array",
     "is_floating",
-    "is_numpy_namespace",
     "is_torch_namespace",
     "namespace",
     "sort_last",
@@ -85,9 +83,6 @@ def float64_or_best(xp: Any, dev: Any) -> Any:
         return xp.float32
 
 
-def as_python_bool(x: Array) -> bool:
-    """Convert a 0-d boolean array into a Python bool (synchronises on accelerators)."""
-    return bool(x)
 
 
 def gather_last(xp: Any, x: Array, idx: Array) -> Array:
@@ -122,9 +117,6 @@ def sort_last(xp: Any, x: Array) -> Array:
     return xp.sort(x, axis=-1, stable=False)
 
 
-def is_numpy_namespace(xp: Any) -> bool:
-    """Whether ``xp`` is numpy (or array_api_compat's numpy wrapper)."""
-    return bool(array_api_compat.is_numpy_namespace(xp))
 
 
 def is_torch_namespace(xp: Any) -> bool:
