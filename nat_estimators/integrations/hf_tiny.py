@@ -92,7 +92,8 @@ def tiny_qwen2(
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(cfg).to(dtype)
+        model: Any = Qwen2ForCausalLM(cfg)
+        model = model.to(dtype)
     finally:
         torch.random.set_rng_state(state)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,4 +1,4 @@
-r"""NAT token subsampling for TRL's ``GRPOTrainer``: :class:`NATGRPOConfig` and :class:`NATGRPOTrainer`.
+r"""NAT token subsampling for TRL's ``GRPOTrainer``: ``NATGRPOConfig`` and ``NATGRPOTrainer``.
 
 A TRL user changes two names — ``GRPOConfig`` → :class:`NATGRPOConfig`, ``GRPOTrainer`` →
 :class:`NATGRPOTrainer` — and the loss becomes a Horvitz–Thompson estimate of TRL's own loss
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,14 +65,15 @@ _ALLOW_ENV = "NAT_ESTIMATORS_ALLOW_UNTESTED_TRL"
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
+    """Leading numeric release components: ``"1.16.1.dev0+g1"`` -> ``(1, 16, 1)``."""
     out = []
     for part in v.split("+")[0].split("."):
-        digits = "".join(c for c in part if c.isdigit()) if not part.isdigit() else part
-        if not part.isdigit():
-            if digits:
-                out.append(int(digits))
+        m = re.match(r"\d+", part)
+        if m is None:
             break
-        out.append(int(part))
+        out.append(int(m.group(0)))
+        if m.end() < len(part):
+            break
     return tuple(out)
 
 
@@ -212,11 +214,13 @@ class NATGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
             ok = (0 < v <= 1) if low_open else (0 <= v < 1)
             if not ok:
-                raise ValueError(f"{name} must lie in {'(0, 1]' if low_open else '[0, 1)'}, got {v}")
+                rng = "(0, 1]" if low_open else "[0, 1)"
+                raise ValueError(f"{name} must lie in {rng}, got {v}")
         proportional = self.nat_design.endswith("_proportional")
         if proportional and self.nat_sizes is None:
             raise ValueError(
-                f"nat_design={self.nat_design!r} draws tokens proportionally to a size measure: set "
+                f"nat_design={self.nat_design!r} draws tokens proportionally to a size measure: "
+                "set "
                 f"nat_sizes to one of {SIZE_SOURCES}"
             )
         if self.nat_sizes is not None:
@@ -263,7 +267,7 @@ class _ScoreSelected:
 
 
 class NATGRPOTrainer(GRPOTrainer):
-    r"""``GRPOTrainer`` whose loss is an unbiased NAT (Horvitz–Thompson) estimate from a token subset.
+    r"""``GRPOTrainer`` whose loss is an unbiased NAT (Horvitz–Thompson) estimate from few tokens.
 
     Takes the same arguments as ``trl.GRPOTrainer``; ``args`` must be a :class:`NATGRPOConfig`
     (``None`` gives the default one).
@@ -313,6 +317,11 @@ class NATGRPOTrainer(GRPOTrainer):
 
     ``trainer.train()`` then runs as with ``GRPOTrainer``; see ``examples/trl_grpo.py``.
     """
+
+    # TRL's attributes, typed loosely here (the base classes declare TrainingArguments)
+    args: Any
+    model: Any
+    _entropy_window_stats: Any
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: NATGRPOConfig | None = None,
                  *rest: Any, **kwargs: Any) -> None:
@@ -376,14 +385,14 @@ class NATGRPOTrainer(GRPOTrainer):
         if out.get("tool_mask") is not None:
             mask = mask & out["tool_mask"].bool()
         a = self.args
-        design: DesignName = a.nat_design  # type: ignore[assignment]
+        design: DesignName = a.nat_design
         return select_tokens(
             mask, design, a.nat_keep, sizes=self._nat_sizes(out, mask),
             generator=self._nat_generator, full_keep=a.nat_full_keep, min_keep=a.nat_min_keep,
         )
 
     def _nat_fields(self, selection: Selection) -> dict[str, torch.Tensor]:
-        """The per-row entries the loss reads: HT weights and crop lengths (split with the batch)."""
+        """The per-row entries the loss reads: HT weights and crop lengths (split with rows)."""
         return {"nat_weights": selection.weights, "nat_crop": selection.crop_lengths}
 
     def _nat_log_selection(self, selection: Selection) -> None:
@@ -513,12 +522,16 @@ class NATGRPOTrainer(GRPOTrainer):
         if inputs.get("nat_weights") is None:
             return super()._compute_loss(model, inputs)
         completion_mask = inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = completion_mask
+        if "tool_mask" in inputs:
+            mask = completion_mask * inputs["tool_mask"]
         w = inputs["nat_weights"]
-        per_token_logps, entropies, scored, aux_loss = self._nat_forward(model, inputs)
+        per_token_logps, entropies, scored, _aux = self._nat_forward(model, inputs)
 
         if self.top_entropy_quantile < 1.0:  # full forward: TRL's own mask
-            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            entropy_mask = self.get_high_entropy_mask(
+                entropies, mask, 1 - self.top_entropy_quantile
+            )
         else:
             entropy_mask = None
 
@@ -599,13 +612,15 @@ class NATGRPOTrainer(GRPOTrainer):
             policy_loss = loss.detach()
             loss = loss / accum
         elif self.loss_type == "dr_grpo":
-            loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * self.max_completion_length)
+            denom = per_token_loss.size(0) * self.max_completion_length
+            loss = (per_token_loss * mask).sum() / denom
             policy_loss = loss.detach()
             loss = loss / accum
         elif self.loss_type in ["cispo", "dapo"]:
-            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            nproc = self.accelerator.num_processes
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / nproc
+            if mode == "train":  # num_items_in_batch spans the generation batch
+                normalizer = normalizer * accum / self.args.steps_per_generation
             loss = (per_token_loss * mask).sum() / normalizer
             policy_loss = loss.detach()
         else:  # luspo
@@ -619,9 +634,8 @@ class NATGRPOTrainer(GRPOTrainer):
                 (entropies * w * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accum
             )
             if self.use_adaptive_entropy:
-                apply_coef = (
-                    self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
-                )
+                low = self._last_world_entropy <= self.args.entropy_target
+                apply_coef = self.entropy_coef if low else 0.0
             else:
                 apply_coef = self.entropy_coef
             loss = loss - apply_coef * entropy_loss
@@ -632,19 +646,19 @@ class NATGRPOTrainer(GRPOTrainer):
                 stats = torch.stack(
                     [(entropies * w * effective_mask).sum(), effective_mask.sum()]
                 ).detach()
-                self._entropy_window_stats = (
-                    stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
-                )
+                prev = self._entropy_window_stats
+                self._entropy_window_stats = stats if prev is None else prev + stats
                 if self.accelerator.sync_gradients:
-                    window_stats = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
-                    world_entropy = (window_stats[0] / window_stats[1].clamp(min=1.0)).item()
-                    if world_entropy <= self.args.entropy_target:
+                    a = self.args
+                    window = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                    world_entropy = (window[0] / window[1].clamp(min=1.0)).item()
+                    if world_entropy <= a.entropy_target:
                         self.entropy_coef = min(
-                            self.entropy_coef + self.args.entropy_coef_delta, self.args.entropy_coef_max
+                            self.entropy_coef + a.entropy_coef_delta, a.entropy_coef_max
                         )
                     else:
                         self.entropy_coef = max(
-                            self.entropy_coef - self.args.entropy_coef_delta, self.args.entropy_coef_min
+                            self.entropy_coef - a.entropy_coef_delta, a.entropy_coef_min
                         )
                     self._last_world_entropy = world_entropy
                     self._entropy_window_stats = None
