@@ -347,7 +347,9 @@ def agg_loss(
     num_tokens : int, float or 0-d tensor, optional
         Global :math:`N` for ``token-mean``/``dapo``/``cispo`` (default: from ``normalizers``,
         else the local full mask).  ``bnpo``/``openrlhf_token_level`` use the local count: of
-        these rows, or ``normalizers.local_num_tokens`` (the rank's full-mask count).
+        these rows, or ``normalizers.local_num_tokens`` (the rank's full-mask count).  TRL's
+        ``bnpo`` counts each trainer micro-batch: pass that micro-batch's full mask (no
+        ``normalizers``, or one built by :meth:`LossNormalizers.from_mask` on it).
     num_seqs : int, float or 0-d tensor, optional
         Global :math:`G` for the ``seq-mean-*`` modes (default: from ``normalizers``, else the
         local rows: non-empty rows for verl names, all rows for the TRL/OpenRLHF aliases).

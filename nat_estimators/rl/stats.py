@@ -45,7 +45,13 @@ class LossNormalizers:
         This rank's :math:`N` before any all-reduce (default ``num_tokens``): the denominator of
         the "local" token-mean aliases (``bnpo``, ``openrlhf_token_level``).  It is fixed per
         rank; the micro-batches of a packed plan are not the trainer's, and a per-micro-batch
-        count would depend on the selection (and bias the estimate).
+        count would depend on the selection (and bias the estimate).  TRL's ``bnpo`` is
+        different: it divides by *each trainer micro-batch's own* full-mask token count.  Those
+        micro-batches are fixed before the selection is drawn, so for TRL build one record per
+        micro-batch, ``LossNormalizers.from_mask(micro_batch_completion_mask)`` (full,
+        uncropped), not ``.rows()`` of a per-step record (whose ``local_num_tokens`` is the
+        rank's count and does not reproduce TRL).  ``NATGRPOTrainer`` in
+        ``nat_estimators.integrations.trl`` does this for you.
 
     Notes
     -----
