@@ -565,3 +565,32 @@ def test_version_parsing():
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- docs and example
+DOCS_PAGE = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "rl", "trl.md")
+
+
+def test_docs_page_code_blocks_run():
+    """Every ``python`` block of docs/rl/trl.md runs, in order, in one namespace."""
+    import re
+
+    with open(DOCS_PAGE, encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 3
+    ns: dict[str, object] = {"__name__": "__docs_trl__"}
+    for code in blocks:
+        exec(compile(code, DOCS_PAGE, "exec"), ns)
+    assert isinstance(ns["trainer"], NATGRPOTrainer)
+    assert 0 < ns["step"]["nat/kept_fraction"] <= 1
+
+
+def test_example_runs(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "trl_grpo.py")
+    spec = importlib.util.spec_from_file_location("trl_grpo_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    last = mod.main(max_steps=2, output_dir=str(tmp_path))
+    assert 0 < last["nat/kept_fraction"] <= 1 and last["nat/max_weight"] >= 1
