@@ -22,7 +22,7 @@ REPORT_NAMES = {"readme.md", "results.md", "report.md", "summary.md", "validatio
 SOURCES = {
     "validation": {
         "folders": ["validation"],
-        "command": "pytest validation/   # or: nat-estimators validate --report validation_report",
+        "command": "nat-estimators validate --report validation_report",
     },
     "benchmarks": {
         "folders": ["benchmarks"],
