@@ -47,7 +47,7 @@ def _designs(xp_name: str, dtype: str) -> tuple[Any, dict[str, Any]]:
         conv = np.asarray
     m = conv(mask)
     designs = {
-        "Prefix.from_budget(0.5)": nat.Prefix.from_budget(
+        "Prefix.from_fraction(0.5)": nat.Prefix.from_fraction(
             0.5, mask=m, full_keep=0.05, dtype=conv(y[:1, :1, 0]).dtype
         ),
         "Poisson(pi)": nat.Poisson(conv(pi_pois), mask=m),

@@ -40,7 +40,7 @@ class Design(abc.ABC):
     --------
     >>> import numpy as np
     >>> import nat_estimators as nat
-    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((2, 6), dtype=bool), full_keep=0.2)
+    >>> d = nat.Prefix.from_fraction(0.5, mask=np.ones((2, 6), dtype=bool), full_keep=0.2)
     >>> isinstance(d, nat.Design), d.batch_shape, d.uniform_shape
     (True, (2,), (2,))
     >>> d.draw(0).shape

@@ -81,12 +81,12 @@ def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design
     count = mask.sum(-1).astype(float)
     full_keep = min(0.05, budget / 2)
     return {
-        "poisson (uniform, URS)": Poisson.uniform(budget, mask=mask),
+        "poisson (uniform, URS)": Poisson.from_fraction(budget, mask=mask),
         "poisson (pi ~ |g|)": Poisson.proportional(norms, budget * count, mask=mask),
         "simple random": SimpleRandom.from_fraction(budget, mask=mask),
-        "systematic (uniform)": Systematic.uniform(budget, mask=mask),
+        "systematic (uniform)": Systematic.from_fraction(budget, mask=mask),
         "systematic (pi ~ |g|)": Systematic.proportional(norms, budget * count, mask=mask),
-        f"prefix (full_keep={full_keep:g})": Prefix.from_budget(budget, mask=mask,
+        f"prefix (full_keep={full_keep:g})": Prefix.from_fraction(budget, mask=mask,
                                                                 full_keep=full_keep),
     }
 

@@ -247,7 +247,7 @@ def nat_step_cost_ratio(
     keep : float
         Expected keep fraction :math:`\kappa`.
     full_keep, min_keep : float
-        Options of :meth:`~nat_estimators.Prefix.from_budget` for ``design="prefix"``.
+        Options of :meth:`~nat_estimators.Prefix.from_fraction` for ``design="prefix"``.
 
     Returns
     -------
@@ -267,7 +267,7 @@ def nat_step_cost_ratio(
 
     full = step_cost(cfg, prompt_len + response_len, response_len)
     if design == "prefix":
-        d = Prefix.from_budget(keep, mask=np.ones(response_len, dtype=bool), full_keep=full_keep,
+        d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool), full_keep=full_keep,
                                min_keep=min_keep)
         pmf = np.asarray(d.cut_pmf())
         cuts = np.arange(response_len + 1, dtype=float)

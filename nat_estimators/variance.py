@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._compat import Array, float64_or_best, gather_last, is_torch_namespace
+from ._deprecation import deprecated, positional_arrays
 from ._design import Design
 from ._units import Units, align_units, quiet_float_errors
 from ._validation import check_bool_mask
@@ -357,9 +358,11 @@ def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
     return xp.sum(ycheck * dy, axis=-2)
 
 
+@positional_arrays("y", "design")
 def design_variance(
     y: Array,
     design: Design,
+    /,
     *,
     axis: int = -1,
     covariance: bool = False,
@@ -415,7 +418,7 @@ def design_variance(
     >>> import numpy as np
     >>> import nat_estimators as nat
     >>> y = np.array([1.0, 2.0, 3.0, 4.0])
-    >>> float(nat.design_variance(y, nat.Poisson.uniform(0.5, mask=np.ones(4, dtype=bool))))
+    >>> float(nat.design_variance(y, nat.Poisson.from_fraction(0.5, mask=np.ones(4, dtype=bool))))
     30.0
     >>> d = nat.Prefix(np.array([1.0, 0.75, 0.5, 0.25]))
     >>> bool(np.isclose(nat.design_variance(y, d), nat.design_variance(y, d, method="dense")))
@@ -460,14 +463,14 @@ _METHODS = ("ht", "syg", "successive_differences")
 _ESTIMATORS = ("ht", "hajek")
 
 
-def _check_sample(xp: Any, mask: Array, design: Design) -> Array:
-    check_bool_mask(xp, mask, "mask", shape=tuple(design.mask.shape))
-    if bool(xp.any(mask & ~design.mask)):
+def _check_sample(xp: Any, sample: Array, design: Design) -> Array:
+    check_bool_mask(xp, sample, "sample", shape=tuple(design.mask.shape))
+    if bool(xp.any(sample & ~design.mask)):
         raise ValueError(
-            "mask (the sample) selects units that are not eligible in the design; it must be a "
-            "subset of design.mask — pass a sample drawn from this design"
+            "sample selects units that are not eligible in the design; it must be a subset of "
+            "design.mask — pass a sample drawn from this design"
         )
-    return mask
+    return sample
 
 
 def _est_poisson(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
@@ -580,7 +583,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     n = xp.sum(xp.astype(s, xp.int64), axis=-1)
     if bool(xp.any(n < 2)):
         raise ValueError(
-            "mask: the successive-differences estimator needs at least 2 sampled units in every "
+            "sample: the successive-differences estimator needs at least 2 sampled units in every "
             "row (some row has fewer)"
         )
     a = _weights(xp, r.pi, s)[:, :, None] * y
@@ -596,10 +599,12 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     return _quad(xp, diff, valid, cov) * _per_row(f, cov)
 
 
+@positional_arrays("y", "sample", "design", renamed={"mask": "sample"})
 def variance_estimate(
     y: Array,
-    mask: Array,
+    sample: Array,
     design: Design,
+    /,
     *,
     method: str = "ht",
     estimator: str = "ht",
@@ -612,10 +617,10 @@ def variance_estimate(
     ----------
     y : array, shape (..., N, *V)
         Values; only sampled units are read (others may be NaN or Inf).
-    mask : array of bool, shape (..., N)
-        The sample :math:`S`; must be a subset of ``design.mask``.
+    sample : array of bool, shape (..., N)
+        The sample :math:`S`; must be a subset of ``design.mask`` (the eligible units).
     design : Design
-        The design that drew ``mask``.
+        The design that drew ``sample``.
     method : {"ht", "syg", "successive_differences"}
         ``"ht"``: :math:`v_{HT} = \sum_{k,l \in S} \check\Delta_{kl}\check y_k\check y_l`.
         ``"syg"``: :math:`v_{SYG} = -\frac12\sum_{k,l\in S}\check\Delta_{kl}(\check y_k -
@@ -650,7 +655,7 @@ def variance_estimate(
     ------
     ValueError
         Unknown ``method``/``estimator``; ``"syg"`` on a random-size design (Poisson, Prefix,
-        Systematic with a non-integer :math:`\sum\pi`); ``mask`` not a subset of the design's
+        Systematic with a non-integer :math:`\sum\pi`); ``sample`` not a subset of the design's
         eligible units; an empty sample with ``estimator="hajek"``; fewer than 2 sampled units
         with ``"successive_differences"``; NaN/Inf in ``y`` at a sampled unit.
 
@@ -682,9 +687,9 @@ def variance_estimate(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    r = _rows(y, design, axis, (mask,))
+    r = _rows(y, design, axis, (sample,))
     xp = r.xp
-    s = xp.reshape(_check_sample(xp, mask, design), (r.n_rows, -1))
+    s = xp.reshape(_check_sample(xp, sample, design), (r.n_rows, -1))
     if method == "syg" and not design.has_fixed_size():
         raise ValueError(
             f"method='syg' needs a fixed-size design; this {type(design).__name__} design has a "
@@ -700,7 +705,7 @@ def variance_estimate(
         if bool(xp.any(nhat <= 0)):
             raise ValueError(
                 "the Hájek mean (hence its variance) is undefined for an empty sample; a row of "
-                "mask has no sampled units"
+                "sample has no sampled units"
             )
         ybar = _lin(xp, yv, w) / nhat[:, None]
         yv = xp.where(s[:, :, None], (yv - ybar[:, None, :]) / nhat[:, None, None], zero)
@@ -746,8 +751,8 @@ class DesignSummary:
     --------
     >>> import numpy as np
     >>> import nat_estimators as nat
-    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((1, 8), dtype=bool), full_keep=0.25)
-    >>> s = nat.design_summary(d, np.ones((1, 8)))
+    >>> d = nat.Prefix.from_fraction(0.5, mask=np.ones((1, 8), dtype=bool), full_keep=0.25)
+    >>> s = nat.design_summary(np.ones((1, 8)), d)
     >>> float(s.keep_fraction[0]), float(s.max_weight[0])
     (0.5, 4.0)
     """
@@ -767,18 +772,41 @@ def _ratio(xp: Any, num: Array, den: Array) -> Array:
     return xp.where(den > 0, num / safe, xp.where(num > 0, inf, xp.zeros_like(num)))
 
 
-def design_summary(design: Design, y: Array | None = None, *, axis: int = -1) -> DesignSummary:
+@positional_arrays("y", "design")
+def design_summary(
+    y: Array | None, design: Design | None = None, /, *, axis: int = -1
+) -> DesignSummary:
     r"""Budget and variance summary of a design (see :class:`DesignSummary`).
+
+    Parameters
+    ----------
+    y : array, shape (..., N, *V), or None
+        Population values, as in :func:`design_variance`; ``None`` for the budget only (expected
+        size, keep fraction, largest weight).
+    design : Design
+        The sampling design.
+    axis : int, default -1
+        Unit axis of ``y``.
 
     Examples
     --------
     >>> import numpy as np
     >>> import nat_estimators as nat
-    >>> d = nat.Poisson.uniform(0.5, mask=np.ones(4, dtype=bool))
-    >>> s = nat.design_summary(d, np.array([1.0, 2.0, 3.0, 4.0]))
+    >>> d = nat.Poisson.from_fraction(0.5, mask=np.ones(4, dtype=bool))
+    >>> s = nat.design_summary(np.array([1.0, 2.0, 3.0, 4.0]), d)
     >>> float(s.keep_fraction), float(s.max_weight), float(s.variance_inflation)
     (0.5, 2.0, 1.0)
+    >>> float(nat.design_summary(None, d).expected_size)
+    2.0
     """
+    if isinstance(y, Design):  # the former argument order design_summary(design, y)
+        deprecated(  # stacklevel 4: past the positional_arrays wrapper
+            "design_summary(design, y)", "design_summary(y, design) (or (None, design))",
+            stacklevel=4,
+        )
+        y, design = design, y
+    if not isinstance(design, Design):
+        raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
     xp = design.xp
     es = design.expected_size()
     cnt = xp.astype(design.eligible_count(), es.dtype)

@@ -329,9 +329,9 @@ def shortcut_loss(mode: str) -> LossFn:
     """Negative control 1: the selection *replaces* the response mask and the loss is aggregated
     as the trainer would (no weights, denominators counted on the selection)."""
     def fn(terms: Any, sel: Selection) -> torch.Tensor:
-        sel_norm = LossNormalizers.from_mask(sel.mask, const_len=CONST_LEN)
+        sel_norm = LossNormalizers.from_mask(sel.sample, const_len=CONST_LEN)
         mb = terms.micro_batch
-        return agg_loss(terms.per_token_loss, mb.gather(sel.mask, fill=False), mode,
+        return agg_loss(terms.per_token_loss, mb.gather(sel.sample, fill=False), mode,
                         normalizers=sel_norm.rows(mb.rows))
     return fn
 
@@ -340,7 +340,9 @@ def misspecified(selection: Selection, power: float = 0.8) -> Selection:
     r"""Negative control 3: the same sample, weighted by :math:`1/\pi^{0.8}` instead of
     :math:`1/\pi` (``ht_weights`` with the wrong :math:`\pi`)."""
     bad = torch.where(selection.response_mask, selection.pi ** power, selection.pi)
-    w = ht_weights(selection.mask, bad, selection.response_mask, dtype=selection.weights.dtype)
+    w = ht_weights(
+        selection.sample, bad, mask=selection.response_mask, dtype=selection.weights.dtype
+    )
     return dataclasses.replace(selection, pi=bad, weights=w)
 
 
