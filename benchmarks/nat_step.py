@@ -99,7 +99,7 @@ __all__ = [
 KEEPS = (0.25, 0.5, 0.75)
 DESIGN_OF = {"rpc": "prefix", "urs": "poisson"}
 
-#: Targets of issue 6 on this section's ratios: name -> (comparison, bound).
+#: Targets on this section's ratios: name -> (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
     "rpc_time_ratio@0.5": ("<=", 0.55),
     "rpc_peak_memory_ratio@0.5": ("<=", 0.60),

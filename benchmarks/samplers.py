@@ -21,7 +21,7 @@ Sections
     * construction, against filling the π array ``where(mask, 0.5, 0.0)``
       (``batch_construct_vs_pi_fill@<design>/<backend>``).
 
-    Target (issue 2/6): ``sample`` and ``draw`` ≤ 5 ms for every design and backend.
+    Target: ``sample`` and ``draw`` ≤ 5 ms for every design and backend.
 
 ``R``  (only when ``Rscript`` with the ``sampling`` package is found; otherwise skipped with a note)
     One persistent ``Rscript`` process serves timing requests over a pipe, so R's start-up is

@@ -1,6 +1,6 @@
 r"""Benchmark: exact design variance of the HT total on a (64 x 32768) batch with 16-dim y.
 
-Target (issue 3): ``design_variance`` of a Prefix or a Poisson design in <= 50 ms on CPU, with no
+Target: ``design_variance`` of a Prefix or a Poisson design in <= 50 ms on CPU, with no
 O(N^2) memory on any fast path.  Systematic sampling is timed too (O(N log N), a sort per row).
 
 Run from the repository root::

@@ -5,7 +5,7 @@ batch.  Rows live on the leading axes, tokens on the last axis; the boolean ``ma
 eligible positions (ragged batches, non-contiguous response masks).  Ineligible positions have
 inclusion probability 0 and are never sampled.
 
-Every design exposes the same five methods (DESIGN.md §3):
+Every design exposes the same five methods (:doc:`/theory/designs`):
 
 * :meth:`Design.inclusion_probabilities` — :math:`\pi_k = P(k \in S)`, shape ``(..., N)``;
 * :meth:`Design.joint_inclusion_probabilities` — :math:`\pi_{kl} = P(k, l \in S)`, dense

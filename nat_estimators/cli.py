@@ -169,7 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print("error: --plot needs matplotlib: pip install 'nat-estimators[all]'",
                   file=sys.stderr)
             return 2
-        budgets = [b for b in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9) if b >= 0.1]
+        budgets = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
         curves: dict[str, list[float]] = {}
         for b in budgets:
             for r in compare_designs(b, y, mask):

@@ -54,7 +54,7 @@ Designs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,10 +111,6 @@ class TransformerConfig:
         """Qwen3-8B's published shape (36 layers, width 4096, SwiGLU 12288, 32/8 heads of 128,
         vocabulary 151,936)."""
         return cls(36, 4096, 12288, 32, 8, 128, 151936, static_bytes=static_bytes)
-
-    def with_static_bytes(self, static_bytes: float) -> TransformerConfig:
-        """A copy with ``static_bytes`` set."""
-        return replace(self, static_bytes=static_bytes)
 
     @property
     def params_per_layer(self) -> int:

@@ -1,8 +1,8 @@
 r"""Horvitz–Thompson and Hájek (self-normalized) estimators.
 
-Notation (DESIGN.md §1): a row's eligible tokens form the population :math:`U = \{1..N\}`; the
-sample :math:`S \subseteq U` is given by the boolean ``sample`` (:math:`I_k = 1\{k \in S\}`) and
-:math:`\pi_k = P(k \in S)`.  With :math:`\check y_k = y_k/\pi_k`:
+Notation (:doc:`/theory/notation`): a row's eligible tokens form the population
+:math:`U = \{1..N\}`; the sample :math:`S \subseteq U` is given by the boolean ``sample``
+(:math:`I_k = 1\{k \in S\}`) and :math:`\pi_k = P(k \in S)`.  With :math:`\check y_k = y_k/\pi_k`:
 
 * Horvitz–Thompson total (Horvitz & Thompson 1952): :math:`\hat Y = \sum_{k \in S} \check y_k`,
   unbiased for :math:`Y = \sum_{k \in U} y_k` whenever :math:`\pi_k > 0` for all :math:`k`, since

@@ -1,6 +1,6 @@
 r"""Variance of the Horvitz–Thompson total: exact design variance and one-sample estimators.
 
-Notation (DESIGN.md §1): :math:`\Delta_{kl} = \pi_{kl} - \pi_k\pi_l`, :math:`\check y_k =
+Notation (:doc:`/theory/notation`): :math:`\Delta_{kl} = \pi_{kl} - \pi_k\pi_l`, :math:`\check y_k =
 y_k/\pi_k`, :math:`\check\Delta_{kl} = \Delta_{kl}/\pi_{kl}`.
 
 Exact variance (Horvitz & Thompson 1952; Särndal, Swensson & Wretman 1992, result 2.8.1):

@@ -305,7 +305,7 @@ class TestSystematic(_PiDesignContract):
         return out
 
     def test_sample_follows_madow_rule(self, backend: Any, case: PiCase) -> None:
-        """The package's selection equals the rule re-implemented from DESIGN.md §2."""
+        """The package's selection equals the rule re-implemented from docs/theory/designs.md."""
         d = case.build(backend)
         for idx, (samples, _, rule) in self.support(case, d, backend).items():
             np.testing.assert_array_equal(samples, rule, err_msg=f"row {idx}")

@@ -3,10 +3,10 @@ r"""Full-mask loss statistics: the denominators every micro-batch and rank must 
 A token-subsampled loss is unbiased only if its denominators are those of the *full* loss: the
 global token count :math:`N`, the sequence count :math:`G` and the per-row lengths :math:`L_i`,
 computed from the full response mask **before** any prefix cropping, token selection or
-micro-batching (DESIGN.md §4).  :class:`LossNormalizers` holds them, computed once per step by
-:meth:`LossNormalizers.from_mask` (optionally all-reduced over a ``torch.distributed`` group), and
-is handed to :func:`~nat_estimators.rl.agg_loss` with :meth:`LossNormalizers.rows` selecting the
-micro-batch's rows.
+micro-batching (:doc:`/rl/overview`).  :class:`LossNormalizers` holds them, computed once per step
+by :meth:`LossNormalizers.from_mask` (optionally all-reduced over a ``torch.distributed`` group),
+and is handed to :func:`~nat_estimators.rl.agg_loss` with :meth:`LossNormalizers.rows` selecting
+the micro-batch's rows.
 """
 
 from __future__ import annotations
