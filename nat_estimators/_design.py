@@ -22,8 +22,8 @@ import abc
 import dataclasses
 from typing import Any
 
-from ._common import trusted
 from ._compat import Array, device_of, is_floating, namespace
+from ._validation import trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]

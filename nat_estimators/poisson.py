@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask, trusted
 from ._compat import Array, device_of, float64_or_best, is_array, namespace
 from ._deprecation import deprecated
 from ._design import Design
-from ._validation import check_bool_mask, check_scalar_or_row_array
+from ._validation import check_bool_mask, check_scalar_or_row_array, prepare_pi_and_mask, trusted
 from .inclusion import inclusion_probabilities
 
 __all__ = ["Poisson"]

@@ -24,11 +24,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask, trusted
 from ._compat import Array, device_of, float64_or_best, gather_last, namespace
 from ._deprecation import deprecated
 from ._design import Design
-from ._validation import check_bool_mask, check_float_array, check_fraction
+from ._validation import (
+    check_bool_mask,
+    check_float_array,
+    check_fraction,
+    eligible_rank,
+    prepare_pi_and_mask,
+    resolve_mask,
+    trusted,
+)
 
 __all__ = ["Prefix"]
 

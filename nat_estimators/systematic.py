@@ -36,10 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask, trusted
 from ._compat import Array, float64_or_best
 from ._deprecation import deprecated
 from ._design import Design
+from ._validation import prepare_pi_and_mask, trusted
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
 

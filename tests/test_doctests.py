@@ -14,7 +14,7 @@ import pytest
 MODULES = [
     "nat_estimators",
     "nat_estimators._compat",
-    "nat_estimators._common",
+    "nat_estimators._deprecation",
     "nat_estimators._design",
     "nat_estimators._validation",
     "nat_estimators.inclusion",
