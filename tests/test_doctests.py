@@ -25,6 +25,8 @@ MODULES = [
     "nat_estimators.systematic",
     "nat_estimators.estimators",
     "nat_estimators.variance",
+    "nat_estimators._variance_engine",
+    "nat_estimators.summary",
     "nat_estimators.costmodel",
     "nat_estimators.cli",
     "nat_estimators.rl",

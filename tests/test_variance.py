@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import nat_estimators as nat
-from nat_estimators import variance as V
+from nat_estimators import _variance_engine as V
 
 REF = json.loads((Path(__file__).parent / "reference" / "r_estimators.json").read_text())
 R_CASES = REF["cases"]
