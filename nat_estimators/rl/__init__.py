@@ -1,8 +1,8 @@
 r"""PyTorch plumbing for NAT ("Not All Tokens Are Needed") policy-gradient losses.
 
-The one rule (DESIGN.md §4): a token-subsampled loss is the full loss with each per-token term
-multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the full
-response mask, never from the selection**.
+The one rule (:doc:`/rl/overview`): a token-subsampled loss is the full loss with each per-token
+term multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the
+full response mask, never from the selection**.
 
 * :func:`agg_loss` / :func:`loss_coefficients` — verl's loss aggregation modes, TRL and OpenRLHF
   aliases, exact with ``weights=None``, unbiased HT estimates with weights;
@@ -31,6 +31,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "(on a CPU-only machine pin the CPU build, e.g. torch==2.13.0)"
     ) from _e
 
+from ..estimators import ht_weights
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .grpo import (
     BackboneHeadModel,
@@ -47,7 +48,7 @@ from .grpo import (
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
 from .models import TinyCausalLM
-from .selection import DESIGNS, Selection, ht_weights, select_tokens
+from .selection import DESIGNS, Selection, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
 __all__ = [
