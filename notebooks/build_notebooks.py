@@ -81,9 +81,9 @@ print("eligible tokens per row:", mask.sum(-1))
 
 Each keeps half of each row's eligible tokens on average:
 
-* `Poisson.uniform` — every token independently with probability 1/2 (the NAT paper's URS);
+* `Poisson.from_fraction` — every token independently with probability 1/2 (the NAT paper's URS);
 * `SimpleRandom.from_fraction` — exactly half of each row, uniformly at random;
-* `Systematic.uniform` — every second token from a random start (Madow's systematic sampling);
+* `Systematic.from_fraction` — every second token from a random start (Madow's systematic sampling);
 * `Prefix.from_fraction` — a random prefix of each row (the paper's random prefix cutting), with a
   full-keep atom `full_keep` so that every token has $\pi_k \ge$ `full_keep`.
 """),
