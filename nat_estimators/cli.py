@@ -7,13 +7,14 @@ Sub-commands
     Horvitz–Thompson weight, exact design variance relative to the full-token answer and to
     uniform Poisson sampling.  Prints a table; ``--plot`` writes a PNG, ``--json`` the numbers.
 ``validate``
-    Run the Monte Carlo unbiasedness suite (``validation/``) and write a report folder; needs the
-    repository checkout (the suite lives beside the package).
+    Run the Monte Carlo unbiasedness suite (:mod:`nat_estimators.validation`, shipped with the
+    package together with its trained policies) and write a report folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Poisson, Prefix, SimpleRandom, Systematic
+from . import Poisson
 from ._design import Design
 from .variance import design_variance
 
@@ -77,18 +78,23 @@ class DesignComparison:
 
 
 def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design]:
+    """Every registered design at ``budget`` (and its size-proportional variant where it has
+    one), uniform Poisson sampling (the paper's URS, the baseline) first."""
     norms = np.linalg.norm(y, axis=-1) + 1e-3
     count = mask.sum(-1).astype(float)
-    full_keep = min(0.05, budget / 2)
-    return {
-        "poisson (uniform, URS)": Poisson.uniform(budget, mask=mask),
-        "poisson (pi ~ |g|)": Poisson.proportional(norms, budget * count, mask=mask),
-        "simple random": SimpleRandom.from_fraction(budget, mask=mask),
-        "systematic (uniform)": Systematic.uniform(budget, mask=mask),
-        "systematic (pi ~ |g|)": Systematic.proportional(norms, budget * count, mask=mask),
-        f"prefix (full_keep={full_keep:g})": Prefix.from_budget(budget, mask=mask,
-                                                                full_keep=full_keep),
-    }
+    options = {"full_keep": min(0.05, budget / 2)}  # prefix: the full-keep atom's floor
+    out: dict[str, Design] = {"poisson (uniform, URS)": Poisson.from_fraction(budget, mask=mask)}
+    for name, cls in Design.registered().items():
+        if not hasattr(cls, "from_fraction"):
+            continue
+        accepted = inspect.signature(cls.from_fraction).parameters
+        opts = {k: v for k, v in options.items() if k in accepted}
+        label = f"{name} ({', '.join(f'{k}={v:g}' for k, v in opts.items()) or 'uniform'})"
+        if name != Poisson.name:
+            out[label] = cls.from_fraction(budget, mask=mask, **opts)
+        if hasattr(cls, "proportional"):
+            out[f"{name} (pi ~ |g|)"] = cls.proportional(norms, budget * count, mask=mask)
+    return out
 
 
 def compare_designs(
@@ -169,7 +175,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print("error: --plot needs matplotlib: pip install 'nat-estimators[all]'",
                   file=sys.stderr)
             return 2
-        budgets = [b for b in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9) if b >= 0.1]
+        budgets = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
         curves: dict[str, list[float]] = {}
         for b in budgets:
             for r in compare_designs(b, y, mask):
@@ -190,12 +196,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parent.parent
-    suite = root / "validation"
-    if not suite.is_dir():
-        print("error: the validation suite lives in the repository checkout (validation/); "
-              "run this command from a clone of nat_estimators", file=sys.stderr)
-        return 2
     import importlib.util
 
     needs = {"pytest": "test", "torch": "torch", "matplotlib": "all", "tqdm": "all"}
@@ -207,12 +207,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 2
     import pytest
 
+    suite = Path(__file__).resolve().parent / "validation"
     # no terminal reporter (the bar replaces it); its ini option "-ra" must go with it
     argv = [str(suite), "-p", "no:terminal", "-p", "no:cacheprovider",
             "-o", "addopts=--strict-markers"]
     if args.quick:
         argv += ["--nat-quick"]
-    report = Path(args.report) if args.report else root / "validation_report"
+    report = Path(args.report) if args.report else Path.cwd() / "validation_report"
     argv += [f"--nat-report={report}"]
     progress = _ProgressBar()
     code = int(pytest.main(argv, plugins=[progress]))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
-    TinyCausalLM,
     agg_loss,
     grpo_backward,
     grpo_per_token_loss,
@@ -78,7 +78,7 @@ def test_keep_all_equals_full_gradient(mode, design):
     want = full_gradient(model, batch, cfg)
     model.zero_grad(set_to_none=True)
     out = grpo_backward(model, batch, cfg, generator=torch.Generator().manual_seed(0))
-    assert bool((out.selection.mask == batch.response_mask).all())
+    assert bool((out.selection.sample == batch.response_mask).all())
     assert out.metrics["micro_batches"] > 1
     torch.testing.assert_close(flat_grad(model), want, rtol=1e-10, atol=1e-12)
 
@@ -97,8 +97,8 @@ def test_step_updates_and_saves_tokens():
     assert m["forward_tokens"] < m["full_tokens"]
     assert m["selected_tokens"] < m["eligible_tokens"]
     assert out.log_probs.shape == batch.input_ids.shape
-    assert (out.log_probs[~out.selection.mask] == 0).all()
-    assert (out.log_probs[out.selection.mask] < 0).all()
+    assert (out.log_probs[~out.selection.sample] == 0).all()
+    assert (out.log_probs[out.selection.sample] < 0).all()
 
 
 @pytest.mark.parametrize("design", ["prefix", "poisson_proportional", "simple_random"])
@@ -203,3 +203,16 @@ def test_balanced_micro_batches_give_the_same_gradient():
         GRPOConfig(balance=True)
     with pytest.raises(ValueError, match="balance"):
         GRPOConfig(balance=True, max_rows=2, max_tokens=10)
+
+
+def test_tiny_causal_lm_moved_to_demo_models() -> None:
+    """``rl.TinyCausalLM`` (a demo model) moved to ``nat_estimators.demo.models``; the old name
+    still works for one release, with a DeprecationWarning naming the new place."""
+    import nat_estimators.rl as rl
+    from nat_estimators.demo.models import TinyCausalLM as Demo
+
+    assert "TinyCausalLM" not in rl.__all__
+    with pytest.warns(DeprecationWarning, match="nat_estimators.demo.models.TinyCausalLM"):
+        assert rl.TinyCausalLM is Demo
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchModel'"):
+        rl.NoSuchModel  # noqa: B018

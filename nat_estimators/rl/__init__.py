@@ -15,7 +15,7 @@ response mask, never from the selection**.
 * :func:`token_logprobs` — the LM head and log-softmax only at selected positions (the uniform
   sampling saving);
 * :func:`grpo_backward`, :func:`grpo_step` — a complete NAT GRPO step built from these, for a
-  *backbone + head* model such as :class:`TinyCausalLM`.
+  *backbone + head* model such as :class:`nat_estimators.demo.models.TinyCausalLM`.
 
 Scope: unbiased for objectives linear in per-token terms (token-level PPO/GRPO/DAPO/CISPO/
 REINFORCE, per-token KL and entropy).  Sequence-level ratio objectives (GSPO) are refused.
@@ -31,6 +31,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "(on a CPU-only machine pin the CPU build, e.g. torch==2.13.0)"
     ) from _e
 
+from ..estimators import ht_weights
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .grpo import (
     BackboneHeadModel,
@@ -46,8 +47,7 @@ from .grpo import (
 )
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
-from .models import TinyCausalLM
-from .selection import DESIGNS, Selection, ht_weights, select_tokens
+from .selection import DESIGNS, Selection, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
     "MicroBatchTerms",
     "PackPlan",
     "Selection",
-    "TinyCausalLM",
     "agg_loss",
     "crop_mask",
     "grpo_backward",
@@ -79,3 +78,15 @@ __all__ = [
     "select_tokens",
     "token_logprobs",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``rl.TinyCausalLM`` moved to the demo models (it is an example model, not RL plumbing); the
+    # old name works, with a DeprecationWarning, for one release.
+    if name == "TinyCausalLM":
+        from .._deprecation import deprecated
+        from ..demo.models import TinyCausalLM
+
+        deprecated("nat_estimators.rl.TinyCausalLM", "nat_estimators.demo.models.TinyCausalLM")
+        return TinyCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

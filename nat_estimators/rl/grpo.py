@@ -36,7 +36,7 @@ from ._checks import as_bool_mask, check_2d, check_fraction, check_same_shape
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .heads import token_logprobs
 from .loss import _SEQ_LEVEL_MSG, agg_loss, resolve_mode
-from .selection import DESIGNS, Selection, select_tokens
+from .selection import Selection, _design_names, select_tokens
 from .stats import LossNormalizers
 
 __all__ = [
@@ -61,7 +61,7 @@ class BackboneHeadModel(Protocol):
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import TinyCausalLM
+    >>> from nat_estimators.demo.models import TinyCausalLM
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 11, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
@@ -151,8 +151,8 @@ class GRPOConfig:
                 f"importance_sampling_level={self.importance_sampling_level!r}: {_SEQ_LEVEL_MSG}"
             )
         resolve_mode(self.loss_mode)
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if self.design not in (names := _design_names()):
+            raise ValueError(f"design must be one of {names}, got {self.design!r}")
         check_fraction(self.keep, "keep")
         if self.normalizer not in ("ht", "hajek"):
             raise ValueError(f"normalizer must be 'ht' or 'hajek', got {self.normalizer!r}")
@@ -312,7 +312,8 @@ class MicroBatchTerms:
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers,
     ...                                grpo_micro_batches, select_tokens)
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
@@ -354,7 +355,7 @@ class MicroBatchTerms:
 def _forward_keep(batch: GRPOBatch, selection: Selection, crop: bool) -> torch.Tensor:
     if crop:
         return crop_mask(batch.attention_mask, selection.crop_lengths)
-    return batch.attention_mask & selection.mask.any(-1, keepdim=True)
+    return batch.attention_mask & selection.sample.any(-1, keepdim=True)
 
 
 def plan_batch(batch: GRPOBatch, selection: Selection, config: GRPOConfig) -> PackPlan:
@@ -399,7 +400,8 @@ def grpo_micro_batches(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers,
     ...                                grpo_micro_batches, select_tokens)
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
@@ -420,7 +422,7 @@ def grpo_micro_batches(
     for mb in plan:
         ids = mb.gather(batch.input_ids)
         hidden = model.backbone(ids, mb.valid)
-        pos = mb.gather(selection.mask, fill=False)
+        pos = mb.gather(selection.sample, fill=False)
         lp, ent = token_logprobs(
             hidden,
             model.head,
@@ -476,7 +478,8 @@ class GRPOStepResult:
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_backward
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 16, (3, 8)), torch.ones(3, 8, dtype=torch.bool)
@@ -534,7 +537,8 @@ def grpo_backward(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_backward
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 16, (4, 10)), torch.ones(4, 10, dtype=torch.bool)
@@ -554,7 +558,7 @@ def grpo_backward(
     if selection is None:
         selection = select_tokens(
             batch.response_mask,
-            config.design,  # type: ignore[arg-type]
+            config.design,
             config.keep,
             sizes=batch.sizes if config.design.endswith("_proportional") else None,
             generator=generator,
@@ -579,7 +583,7 @@ def grpo_backward(
     )
     metrics = {
         "eligible_tokens": float(batch.response_mask.sum()),
-        "selected_tokens": float(selection.mask.sum()),
+        "selected_tokens": float(selection.sample.sum()),
         "forward_tokens": float(plan.real_tokens),
         "padded_tokens": float(plan.padded_tokens),
         "full_tokens": float(batch.attention_mask.sum()),
@@ -610,7 +614,8 @@ def grpo_step(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_step
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_step
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=16, n_heads=2, n_layers=1, max_len=32)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
