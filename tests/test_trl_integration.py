@@ -343,8 +343,8 @@ def test_kept_fraction_and_weights_follow_the_design(model_dir, tok, tmp_path):
     sel = natt._nat_draw(batch)
     m = batch["completion_mask"].bool()
     torch.testing.assert_close(sel.pi.sum(-1), 0.25 * m.sum(-1).double())
-    assert bool((sel.mask <= m).all()) and float(sel.weights.max()) == 4.0
-    a, b = natt._nat_draw(batch).mask, natt._nat_draw(batch).mask
+    assert bool((sel.sample <= m).all()) and float(sel.weights.max()) == 4.0
+    a, b = natt._nat_draw(batch).sample, natt._nat_draw(batch).sample
     assert not bool((a == b).all())  # a fresh draw per generation batch
 
 
@@ -396,7 +396,7 @@ def test_per_position_designs_score_only_selected_positions(model_dir, tok, tmp_
     natt.current_gradient_accumulation_steps = 1
     natt.compute_loss(spy, {**batch, **natt._nat_fields(sel)})
     scored = seen[0][:, -C:] != -100
-    assert torch.equal(scored, sel.mask)
+    assert torch.equal(scored, sel.sample)
 
 
 # ----------------------------------------------------------------------------- two processes

@@ -54,7 +54,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
     ) from _e
 
 from ..rl import DESIGNS, Selection, select_tokens
-from ..rl.selection import DesignName
+from ..rl.selection import _design_names
 
 __all__ = ["TESTED_TRL", "NATGRPOConfig", "NATGRPOTrainer"]
 
@@ -205,8 +205,9 @@ class NATGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.nat_design not in DESIGNS:
-            raise ValueError(f"nat_design must be one of {DESIGNS}, got {self.nat_design!r}")
+        names = _design_names()  # designs registered so far (a new design file adds its name)
+        if self.nat_design not in names:
+            raise ValueError(f"nat_design must be one of {names}, got {self.nat_design!r}")
         for name, low_open in (("nat_keep", True), ("nat_full_keep", True),
                                ("nat_min_keep", False)):
             v = getattr(self, name)
@@ -385,7 +386,7 @@ class NATGRPOTrainer(GRPOTrainer):
         if out.get("tool_mask") is not None:
             mask = mask & out["tool_mask"].bool()
         a = self.args
-        design: DesignName = a.nat_design
+        design: str = a.nat_design
         return select_tokens(
             mask, design, a.nat_keep, sizes=self._nat_sizes(out, mask),
             generator=self._nat_generator, full_keep=a.nat_full_keep, min_keep=a.nat_min_keep,
@@ -396,7 +397,7 @@ class NATGRPOTrainer(GRPOTrainer):
         return {"nat_weights": selection.weights, "nat_crop": selection.crop_lengths}
 
     def _nat_log_selection(self, selection: Selection) -> None:
-        kept = selection.mask.sum().to(torch.float64)
+        kept = selection.sample.sum().to(torch.float64)
         elig = selection.response_mask.sum().to(torch.float64)
         tot = self.accelerator.reduce(torch.stack([kept, elig]), reduction="sum")
         wmax = self.accelerator.gather(selection.weights.max().reshape(1).to(torch.float64))
