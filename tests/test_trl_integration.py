@@ -426,7 +426,7 @@ def _dist_worker(rank, port, model_dir, out_dir):
     shard = split(batch, WORLD)[rank]
     natt.model.train()
     natt.current_gradient_accumulation_steps = 1
-    res = {}
+    res = {"seed": natt._nat_generator.initial_seed()}
     for loss_type in DIST_LOSSES:
         set_schedule(natt, loss_type, 1, 1)
         ddp.zero_grad(set_to_none=True)
@@ -444,6 +444,7 @@ def test_two_gloo_processes_equal_one(model_dir, tok, tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_dist_worker, args=(port, model_dir, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert [r["seed"] for r in ranks] == [0, 1]  # one generator per process: nat_seed + rank
     natt, batch = _dist_setup(model_dir, tok, tmp_path)
     for loss_type in DIST_LOSSES:
         set_schedule(natt, loss_type, 1, 1)
@@ -484,6 +485,12 @@ def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(natt.compute_loss(natt.model, batch),
                                    base.compute_loss(base.model, batch))
+    # the scoring step draws no selection in evaluation, one in training
+    prompts = [{"prompt": "ab"}] * 4
+    assert "nat_weights" not in natt._generate_and_score_completions(prompts)
+    natt.model.train()
+    out = natt._generate_and_score_completions(prompts)
+    assert out["nat_weights"].shape == out["completion_mask"].shape
 
 
 # ----------------------------------------------------------------------------- bad input
