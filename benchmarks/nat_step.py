@@ -6,8 +6,8 @@ full-token step of the same model, the same rollouts and the same micro-batching
 
 What is measured
 ----------------
-* **Model.** :class:`~nat_estimators.rl.TinyCausalLM` (d_model 256, 4 layers, 4 heads, vocabulary
-  32,000, so the LM head and the log-softmax are a visible part of the cost), run through
+* **Model.** :class:`~nat_estimators.demo.models.TinyCausalLM` (d_model 256, 4 layers, 4 heads,
+  vocabulary 32,000, so the LM head and the log-softmax are a visible part of the cost), run through
   :class:`VarlenCausalLM`: the same weights and the same function, with padding removed inside
   the blocks (the rows of a micro-batch are concatenated and attention runs per row, as verl's
   ``use_remove_padding`` / flash-attention varlen).  Activations then follow the real tokens of a
@@ -74,12 +74,12 @@ from nat_estimators.costmodel import (
     nat_step_cost_ratio,
     step_cost,
 )
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
     Selection,
-    TinyCausalLM,
     crop_mask,
     grpo_micro_batches,
     pack_rows,
@@ -151,7 +151,7 @@ class NatStepSetup:
 
 # --------------------------------------------------------------------------- model
 class VarlenCausalLM(nn.Module):
-    r"""A :class:`~nat_estimators.rl.TinyCausalLM` run without padding inside its blocks.
+    r"""A :class:`~nat_estimators.demo.models.TinyCausalLM` run without padding inside its blocks.
 
     ``backbone(input_ids, attention_mask)`` takes the usual padded ``(B, T)`` micro-batch, keeps
     its real tokens only (row-major, ``[S, d]`` with :math:`S` the real tokens), runs the blocks on

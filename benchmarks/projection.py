@@ -18,7 +18,7 @@ and 0.82 (peak memory).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,10 @@ import numpy as np
 from nat_estimators import Prefix
 from nat_estimators.costmodel import TransformerConfig, nat_step_cost_ratio, step_cost
 
+#: The paper's figures for prefix cutting on Qwen3-8B at about half the tokens (Sang et al. 2026).
 PAPER = {"time_ratio": 0.71, "peak_memory_ratio": 0.82}
+#: Full-keep atom of the projected prefix design (``Prefix.from_budget``'s default).
+FULL_KEEP = 0.05
 QWEN3_8B_PARAMS = 8.19e9
 
 
@@ -43,7 +46,7 @@ def _one_row_peak_ratio(
     full = step_cost(cfg, prompt_len + response_len, response_len).peak_bytes
     if design != "prefix":
         return step_cost(cfg, prompt_len + response_len, keep * response_len).peak_bytes / full
-    d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool))
+    d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool), full_keep=FULL_KEEP)
     pmf = np.asarray(d.cut_pmf(), dtype=float)
     cuts = rng.choice(response_len + 1, size=(draws, rows), p=pmf / pmf.sum())
     peak = [step_cost(cfg, prompt_len + int(c.max()), int(c.max())).peak_bytes for c in cuts]
@@ -66,8 +69,8 @@ def qwen_projection(
     for R in responses:
         for design, key in (("prefix", "rpc"), ("poisson", "urs")):
             for k in keeps:
-                a = nat_step_cost_ratio(cfg, prompt_len, R, design, k)
-                b = nat_step_cost_ratio(cfg_rc, prompt_len, R, design, k)
+                a = nat_step_cost_ratio(cfg, prompt_len, R, design, k, full_keep=FULL_KEEP)
+                b = nat_step_cost_ratio(cfg_rc, prompt_len, R, design, k, full_keep=FULL_KEEP)
                 out.append(
                     {
                         "name": f"projection/qwen3_8b/{key}@{k:g}/R={R}",
@@ -85,6 +88,9 @@ def qwen_projection(
                         ),
                         "rows_for_1row_mb": rows,
                         "static_bytes_fsdp8": static,
+                        "full_keep": FULL_KEEP,
+                        "model": asdict(cfg),
+                        "paper": PAPER,
                     }
                 )
     return out

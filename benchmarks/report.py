@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 KEEPS = (0.25, 0.5, 0.75)
 
 
@@ -30,6 +32,39 @@ def _rec(out: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 def _targets(out: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in out["records"] if str(r.get("name", "")).startswith("target/")]
+
+
+def _target_bound(out: dict[str, Any], name: str) -> tuple[str, float] | None:
+    """``("<=", 0.55)`` from the run's record ``target/<name>`` (``None`` if it has none)."""
+    t = _rec(out, f"target/{name}")
+    if not t:
+        return None
+    op, _, bound = str(t["target"]).partition(" ")
+    return op, float(bound)
+
+
+def _paper(proj: list[dict[str, Any]]) -> dict[str, float]:
+    """The paper's figures (cited, not measured) the projection records carry; runs that did not
+    record them get ``benchmarks.projection.PAPER``."""
+    if not proj:
+        return {}
+    if "paper" in proj[0]:
+        return dict(proj[0]["paper"])
+    from benchmarks.projection import PAPER
+
+    return dict(PAPER)
+
+
+def _model_error(out: dict[str, Any], pairs: tuple[tuple[str, str], ...]) -> float | None:
+    """Largest |measured - cost model| over the run's cost-model checks, for the given columns."""
+    devs = [
+        abs(c[a] - c[b])
+        for c in out["records"]
+        if str(c.get("name", "")).startswith("cost_model/check/")
+        for a, b in pairs
+        if c.get(a) is not None and c.get(b) is not None
+    ]
+    return max(devs) if devs else None
 
 
 # --------------------------------------------------------------------------- plots
@@ -77,8 +112,10 @@ def _plots(out: dict[str, Any], plots_dir: Path) -> list[tuple[str, str]]:
                     label="RPC, padded length-sorted layout",
                 )
             ax.plot([0, 1], [0, 1], ":", color="grey", label="ratio = keep fraction")
-            tgt = 0.55 if what == "time" else 0.60
-            ax.plot([0.5], [tgt], "v", color="red", ms=9, label=f"RPC target @0.5 (≤ {tgt})")
+            bound = _target_bound(out, f"rpc_{what}_ratio@0.5")
+            if bound is not None:
+                ax.plot([0.5], [bound[1]], "v", color="red", ms=9,
+                        label=f"RPC target @0.5 ({bound[0]} {bound[1]:g})")
             ax.set_xlabel("keep fraction κ")
             ax.set_title(title, fontsize=10)
             ax.set_xlim(0.15, 0.85)
@@ -129,7 +166,8 @@ def _plots(out: dict[str, Any], plots_dir: Path) -> list[tuple[str, str]]:
                 (
                     ("activation_memory_ratio", "activations + logits"),
                     ("peak_memory_ratio_fsdp8_recompute", "recompute + FSDP-8 model state"),
-                    ("peak_memory_ratio_1row_mb", "1 row / micro-batch (16 rows)"),
+                    ("peak_memory_ratio_1row_mb",
+                     f"1 row / micro-batch ({proj[0]['rows_for_1row_mb']} rows)"),
                 ),
                 "peak memory",
             ),
@@ -144,10 +182,13 @@ def _plots(out: dict[str, Any], plots_dir: Path) -> list[tuple[str, str]]:
                         color="C0" if key == "rpc" else "C1",
                         label=f"{key.upper()}: {lab}",
                     )
-            paper = 0.71 if title.startswith("time") else 0.82
-            ax.axhline(paper, color="red", ls="-.", lw=1, label=f"paper, RPC ≈0.5: {paper}")
+            paper = _paper(proj).get("time_ratio" if title.startswith("time")
+                                     else "peak_memory_ratio")
+            if paper is not None:
+                ax.axhline(paper, color="red", ls="-.", lw=1,
+                           label=f"paper, RPC ≈0.5: {paper:g}")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("response tokens (prompt 1024)")
+            ax.set_xlabel(f"response tokens (prompt {proj[0]['prompt_len']})")
             ax.set_title(f"Qwen3-8B projection @κ=0.5: {title}", fontsize=10)
             ax.set_ylim(0, 1.1)
             ax.grid(alpha=0.3)
@@ -377,16 +418,35 @@ def build_markdown(
         L.append("## Projection to Qwen3-8B (cost model)")
         L.append("")
         p0 = proj[0]
+        paper = _paper(proj)
+        cfg = p0.get("model")
+        if cfg is None:  # runs that did not record it projected the published Qwen3-8B shape
+            from dataclasses import asdict
+
+            from nat_estimators.costmodel import TransformerConfig
+
+            cfg = asdict(TransformerConfig.qwen3_8b())
+        shape = (
+            f"{cfg['layers']} layers, width {cfg['d_model']}, "
+            f"{'SwiGLU' if cfg['mlp_matrices'] == 3 else 'MLP'} {cfg['d_ff']}, "
+            f"GQA {cfg['n_heads']}/{cfg['n_kv_heads']}, vocabulary {cfg['vocab']:,}; "
+            f"{cfg['act_bytes'] * 8}-bit activations, {cfg['logit_bytes'] * 8}-bit logits"
+        )
+        fk = f" with `full_keep={p0['full_keep']:g}`" if "full_keep" in p0 else ""
+        paper_txt = (
+            f" The paper reports {paper['time_ratio']:g} (time) and "
+            f"{paper['peak_memory_ratio']:g} (peak memory) for prefix cutting at about half the "
+            f"tokens." if paper else ""
+        )
         L.append(
-            f"Qwen3-8B shape (36 layers, width 4096, SwiGLU 12288, GQA 32/8, vocabulary 151,936), "
-            f"bf16 activations, fp32 logits, prompt {p0['prompt_len']} tokens; prefix cutting "
-            f"with `full_keep=0.05`. *time* = FLOPs ratio; *act. mem* = activations + logits of "
+            f"Qwen3-8B shape ({shape}), prompt {p0['prompt_len']} tokens; prefix cutting{fk}. "
+            f"*time* = FLOPs ratio (the cost model's time ratio; see its notes for what it leaves "
+            f"out); *act. mem* = activations + logits of "
             f"the expected tokens (a micro-batch holding many rows, as the balanced varlen "
             f"layout above); *recompute+FSDP-8* adds block recomputation and "
             f"{p0['static_bytes_fsdp8'] / 2**30:.1f} GiB of sharded model state per GPU; "
             f"*1 row/μ-batch* is the peak over {p0['rows_for_1row_mb']} rows processed one at a "
-            f"time (the longest kept row sets it). The paper reports 0.71 (time) and 0.82 (peak "
-            f"memory) for prefix cutting at about half the tokens."
+            f"time (the longest kept row sets it).{paper_txt}"
         )
         L.append("")
         L.append(
@@ -401,35 +461,33 @@ def build_markdown(
                 f"{_f(x['peak_memory_ratio_fsdp8_recompute'])} | "
                 f"{_f(x['peak_memory_ratio_1row_mb'])} |"
             )
-        L.append("| paper (RPC) | ≈0.5 | – | 0.71 | – | 0.82 | – |")
+        if paper:
+            L.append(f"| paper (RPC) | ≈0.5 | – | {paper['time_ratio']:g} | – | "
+                     f"{paper['peak_memory_ratio']:g} | – |")
         L.append("")
         half = [x for x in proj if x["design"] == "rpc" and x["keep"] == 0.5]
-        devs = [
-            abs(c[a] - c[b])
-            for c in checks
-            for a, b in (
-                ("time_ratio_measured", "flops_ratio_model"),
-                ("peak_memory_ratio_measured", "activation_memory_ratio_model"),
-            )
-            if c.get(a) is not None and c.get(b) is not None
-        ]
-        dev_txt = f"±{max(devs):.3f}" if devs else "(not measured in this run)"
-        if half:
+        dev = _model_error(out, (("time_ratio_measured", "flops_ratio_model"),
+                                 ("peak_memory_ratio_measured", "activation_memory_ratio_model")))
+        dev_txt = f"±{dev:.3f}" if dev is not None else "(not measured in this run)"
+        if half and paper:
 
             def rng(col: str) -> str:
                 v = [x[col] for x in half]
                 return f"{min(v):.2f}–{max(v):.2f}"
 
+            lens = sorted({x["response_len"] for x in half})
+            gap = paper["time_ratio"] - max(x["time_ratio"] for x in half)
             L.append(
                 f"Against the paper: at κ = 0.5 the model puts prefix cutting's fwd+bwd FLOPs at "
-                f"{rng('time_ratio')} of the full step (8k–32k responses) and its activation "
-                f"memory at {rng('activation_memory_ratio')}; on the small model the same "
-                f"formulas were within {dev_txt} of the measured time and memory ratios (table "
-                f"above). The paper's 0.71 time therefore leaves about 0.2 on the table: "
-                f"something in that step did not shrink with the kept tokens (padding each "
-                f"micro-batch to its longest kept row, fixed per-step costs). Its 0.82 peak "
-                f"memory sits between the model with recomputation and sharded model state "
-                f"({rng('peak_memory_ratio_fsdp8_recompute')}) and one row per micro-batch "
+                f"{rng('time_ratio')} of the full step ({lens[0]}–{lens[-1]}-token responses) and "
+                f"its activation memory at {rng('activation_memory_ratio')}; on the small model "
+                f"the same formulas were within {dev_txt} of the measured time and memory ratios "
+                f"(table above). The paper's {paper['time_ratio']:g} time therefore leaves at "
+                f"least {gap:.2f} on the table: something in that step did not shrink with the "
+                f"kept tokens (padding each micro-batch to its longest kept row, fixed per-step "
+                f"costs). Its {paper['peak_memory_ratio']:g} peak memory compares with the model "
+                f"with recomputation and sharded model state "
+                f"({rng('peak_memory_ratio_fsdp8_recompute')}) and with one row per micro-batch "
                 f"({rng('peak_memory_ratio_1row_mb')}), where the longest kept row sets the peak."
             )
             L.append("")
@@ -482,46 +540,99 @@ def build_markdown(
             L.append("")
     L.append("## How to read these figures")
     L.append("")
-    L.append(METHOD_NOTES)
+    L.append(_method_notes(out))
     return "\n".join(L) + "\n"
 
 
-METHOD_NOTES = """\
-* **Fair baselines.** The full-token step is the same code with the "selection" of every response
-  token (weight 1): the same crop-and-pack plan builder, the same selected-position LM head
-  (`token_logprobs` at the loss positions only, `logits_to_keep`-style), the same micro-batching
-  (length-sorted token budget for time, balanced rows for memory).  A ratio therefore measures
-  NAT, not the batching.
-* **Noise.** Rollouts and selections are fixed before timing; configurations run in rotating
-  interleaved rounds; on CPU the step time is the process CPU time with one intra-op thread, which
-  other jobs on the machine barely move (the wall clock is recorded too).  With 8 rows one prefix
-  draw at κ = 0.5 keeps anywhere between 30% and 67% of the tokens, so the selections are drawn
-  as a Latin hypercube: each is an exact draw from the design, and their average keeps κ of the
-  tokens to within about ±1.5%.
-* **Peak memory, padded vs varlen.** At a fixed number of rows per micro-batch the peak is the
-  largest micro-batch.  With padded rows (`TinyCausalLM.backbone`) a micro-batch costs rows ×
-  its longest row, and the micro-batch holding the longest *kept* row costs about as much as in
-  the full step: prefix cuts are spread over the whole row (and 5% of rows are kept whole), so
-  the longest of 8 cuts is long.  That floor is the "padded" column.  Dropping padding inside
-  the blocks and balancing the rows' real tokens across micro-batches
-  (`pack_rows(..., balance=True)`) brings the peak down to about the kept-token ratio.
-* **Profile (torch profiler, quick sizes, one thread).** The full-token step spends 66% of its
-  time in matrix products (mostly the 32k-vocabulary LM head and its two backward products), 11%
-  in the log-softmax forward and backward over `[K, V]`, 6% zero-filling (the `gather` backward
-  into `[K, V]`, the embedding gradients), 5% in attention; the NAT steps have the same profile
-  on fewer tokens, which is why the measured ratios follow the FLOPs model to ±0.02.  The
-  log-softmax + `gather` of `token_logprobs` was replaced by `x_y - logsumexp(x)` with a fused
-  backward: the LM-head + log-softmax peak went from 4 to 2 fp32 `[K, V]` buffers (1170 → 586 MiB
-  at K = 2392) and the head ~4% faster, for both steps.  With two threads on this shared 2-core
-  machine the same step took 4.7–6.2 s of wall clock against 2.05 ± 0.02 s of CPU time with one
-  thread, hence the clock.
-* **Where the CPU figures differ from a GPU.** The small model spends most of its FLOPs in the
-  LM head (vocabulary 32k against width 256), so URS saves far more time here than it would on
-  Qwen3-8B, where the head is ≈8% of the FLOPs (see the projection).  Fixed per-step costs
-  (zeroing 20 M gradients, per-micro-batch gradient accumulation of the 32k × 256 embedding and
-  head) do not shrink with κ, but they are small here: the measured time ratios stay within
-  ±0.02 of the FLOPs ratio.
-"""
+def _method_notes(out: dict[str, Any]) -> str:
+    """How to read the figures; every number in it comes from ``out`` (the run)."""
+    setup = _rec(out, "nat_step/setup") or {}
+    st = setup.get("setup", {})
+    notes = [
+        "* **Fair baselines.** The full-token step is the same code with the \"selection\" of "
+        "every response token (weight 1): the same crop-and-pack plan builder, the same "
+        "selected-position LM head (`token_logprobs` at the loss positions only, "
+        "`logits_to_keep`-style), the same micro-batching (length-sorted token budget for time, "
+        "balanced rows for memory).  A ratio therefore measures NAT, not the batching."
+    ]
+    noise = (
+        "* **Noise.** Rollouts and selections are fixed before timing; configurations run in "
+        "rotating interleaved rounds; on CPU the step time is the process CPU time with one "
+        "intra-op thread, which other jobs on the machine barely move (the wall clock is "
+        "recorded too; on a shared machine extra intra-op threads make it noisy, not faster)."
+    )
+    sel = _rec(out, "nat_step/selections/rpc@0.5") or {}
+    shares = sel.get("head_token_ratio") or []
+    means = [
+        (k, rec["mean_head_token_ratio"])
+        for key in ("rpc", "urs")
+        for k in KEEPS
+        if (rec := _rec(out, f"nat_step/selections/{key}@{k:g}"))
+        and rec.get("mean_head_token_ratio") is not None
+    ]
+    if shares and means and st:
+        worst = max(abs(m - k) for k, m in means)
+        noise += (
+            f"  With {st['rows']} rows one prefix draw keeps a widely varying share of the "
+            f"tokens (the {len(shares)} selections drawn at κ = 0.5 in this run keep "
+            f"{min(shares):.2f}–{max(shares):.2f} of the loss tokens), so the selections are "
+            f"drawn as a Latin hypercube: each is an exact draw from the design, and in this run "
+            f"their average kept κ of the loss tokens to within ±{worst:.3f}."
+        )
+    notes.append(noise)
+    notes.append(
+        "* **Peak memory, padded vs varlen.** At a fixed number of rows per micro-batch the peak "
+        "is the largest micro-batch.  With padded rows (`TinyCausalLM.backbone`) a micro-batch "
+        "costs rows × its longest row, and the micro-batch holding the longest *kept* row costs "
+        "about as much as in the full step: prefix cuts are spread over the whole row (and the "
+        "design keeps a few rows whole), so the longest of the batch's cuts is long.  That floor "
+        "is the \"padded\" column.  Dropping padding inside the blocks and balancing the rows' "
+        "real tokens across micro-batches (`pack_rows(..., balance=True)`) brings the peak down "
+        "to about the kept-token ratio."
+    )
+    ab = _rec(out, "cost_model/check/full_absolute") or {}
+    if ab.get("model_config"):
+        notes.append(
+            "* **LM-head memory.** `token_logprobs` computes the log-probability as "
+            "`x_y - logsumexp(x)` with a fused backward, so the head and its log-softmax keep "
+            f"{ab['model_config']['logit_copies']:g} fp32 `[K, V]` buffers at their peak (the "
+            "cost model's `logit_copies`)."
+        )
+    gpu = []
+    proj = [x for x in out["records"] if x.get("section") == "projection"]
+    if ab.get("model_config") and setup.get("row_lengths") and st:
+        from nat_estimators.costmodel import TransformerConfig, batch_step_cost, step_cost
+
+        cfg = TransformerConfig(**ab["model_config"])
+        tb = np.asarray(setup["row_lengths"], dtype=float)
+        th = tb - st["prompt_len"]
+        small = 1 - batch_step_cost(cfg, tb, 0 * th).flops / batch_step_cost(cfg, tb, th).flops
+        big = ""
+        if proj:
+            x = min(proj, key=lambda x: x["response_len"])
+            qwen = (TransformerConfig(**x["model"]) if "model" in x
+                    else TransformerConfig.qwen3_8b())
+            n = x["prompt_len"] + x["response_len"]
+            frac = 1 - step_cost(qwen, n, 0).flops / step_cost(qwen, n, x["response_len"]).flops
+            big = (f" than on Qwen3-8B, where the head is {frac:.0%} of the step FLOPs at "
+                   f"{x['response_len']}-token responses (see the projection)")
+        gpu.append(
+            f"The small model spends {small:.0%} of its step FLOPs in the LM head (cost model; "
+            f"vocabulary {st['vocab']:,} against width {st['d_model']}), so URS saves far more "
+            f"time here{big}."
+        )
+    if setup.get("params") and st:
+        dev = _model_error(out, (("time_ratio_measured", "flops_ratio_model"),))
+        tail = (f"; in this run the measured time ratios were within ±{dev:.3f} of the cost "
+                f"model's FLOPs ratio" if dev is not None else "")
+        gpu.append(
+            f"Fixed per-step costs (zeroing {setup['params'] / 1e6:.1f} M gradients, "
+            f"per-micro-batch gradient accumulation of the {st['vocab']:,} × {st['d_model']} "
+            f"embedding and head) do not shrink with κ{tail}."
+        )
+    if gpu:
+        notes.append("* **Where the CPU figures differ from a GPU.** " + " ".join(gpu))
+    return "\n".join(notes) + "\n"
 
 
 def write_report(

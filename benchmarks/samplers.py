@@ -730,11 +730,16 @@ def format_table(result: dict[str, Any]) -> str:
     """Human-readable table of a :func:`run_sampler_benchmarks` result."""
     recs = result["records"]
     lines = []
-    shape = f"{BATCH_ROWS}x{BATCH_COLS}"
-    lines.append(
-        f"Ragged batch {shape} (keep {KEEP}); ms = median per call; ratio = vs the baseline "
-        f"timed in the same rounds; target: sample/draw <= {BATCH_TARGET_MS:g} ms"
-    )
+    # sizes and target as the run recorded them (the page may be rebuilt from an older run)
+    first = next((r for r in recs if r.get("section") == "batch" and "shape" in r), None)
+    if first is not None:
+        shape = "x".join(str(n) for n in first["shape"])
+        tgt = next((r["target_ms"] for r in recs if "target_ms" in r), None)
+        lines.append(
+            f"Ragged batch {shape} (keep {first['keep']:g}); ms = median per call; ratio = vs the "
+            f"baseline timed in the same rounds"
+            + (f"; target: sample/draw <= {tgt:g} ms" if tgt is not None else "")
+        )
     hdr = (
         f"{'op':9s} {'design':23s} {'backend':7s} {'median ms':>10s} {'base ms':>8s} "
         f"{'ratio':>7s}  target"

@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     DESIGNS,
     LossNormalizers,
-    TinyCausalLM,
     crop_mask,
     pack_rows,
     select_tokens,

@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from nat_estimators.rl import DESIGNS, LOSS_MODES, GRPOBatch, GRPOConfig, TinyCausalLM, grpo_step
+from nat_estimators.demo.models import TinyCausalLM
+from nat_estimators.rl import DESIGNS, LOSS_MODES, GRPOBatch, GRPOConfig, grpo_step
 
 
 @torch.no_grad()

@@ -50,6 +50,28 @@ Designs
   quadratic attention term uses :math:`E[A(P + L)]`, not :math:`A(P + E L)`.
 * Poisson / systematic / simple random: the body still runs over every position
   (:math:`T_b = P + R`); only the selected positions need the LM head (:math:`T_h = E|S|`).
+
+What the model leaves out
+-------------------------
+It counts matmul FLOPs and the activations kept for the backward, nothing else, so its *time*
+ratio is its FLOPs ratio (``nat_step_cost_ratio(...)["time_ratio"] == ["flops_ratio"]``): a
+step's time is assumed proportional to its FLOPs, as in a compute-bound regime.  Not modelled:
+
+* memory-bandwidth-bound work — norms, activations, softmax, residual adds, the optimizer
+  update — whose time follows the bytes moved, not FLOPs;
+* attention kernels: the :math:`4 d_q A(T)` term is counted at the matmul rate, while a real
+  (flash / varlen) kernel runs at its own efficiency and may or may not skip the masked half;
+* matmul efficiency against shape: short rows or small micro-batches run below peak throughput;
+* fixed costs per step or micro-batch — kernel launches, Python and framework overhead,
+  gradient all-reduce and other communication, selection, cropping and packing themselves;
+* memory beyond the activations and ``static_bytes``: allocator fragmentation, temporary
+  workspaces (attention, log-softmax), the CUDA context; padding, unless passed as body tokens;
+* rollout generation: only the training step is costed.
+
+Most of these are costs that token selection does not shrink, or shrinks less than the FLOPs, so
+measured ratios usually lie above the model's (closer to 1), the more so the smaller the model
+and the shorter the rows; the repository's ``benchmarks/`` measure the ratios side by side with
+the model's prediction.
 """
 
 from __future__ import annotations
@@ -90,6 +112,14 @@ class TransformerConfig:
         backward keeps only each block's input (:math:`d` values per token and layer) plus one
         block's activations while it is recomputed, and the body's forward runs twice (a step
         costs :math:`4 F_{\text{body}} + 3 F_{\text{head}}`).
+
+    Examples
+    --------
+    >>> from nat_estimators.costmodel import TransformerConfig
+    >>> cfg = TransformerConfig(layers=4, d_model=256, d_ff=1024, n_heads=4, n_kv_heads=4,
+    ...                         head_dim=64, vocab=32000, act_bytes=4, mlp_matrices=2)
+    >>> cfg.params_per_layer  # 4 d^2 attention + 2 d d_ff MLP
+    786432
     """
 
     layers: int
@@ -109,7 +139,15 @@ class TransformerConfig:
     @classmethod
     def qwen3_8b(cls, *, static_bytes: float = 0.0) -> TransformerConfig:
         """Qwen3-8B's published shape (36 layers, width 4096, SwiGLU 12288, 32/8 heads of 128,
-        vocabulary 151,936)."""
+        vocabulary 151,936).
+
+        Examples
+        --------
+        >>> from nat_estimators.costmodel import TransformerConfig
+        >>> cfg = TransformerConfig.qwen3_8b()
+        >>> cfg.layers * cfg.params_per_layer / 1e9  # block weights, billions
+        6.945767424
+        """
         return cls(36, 4096, 12288, 32, 8, 128, 151936, static_bytes=static_bytes)
 
     @property
@@ -143,7 +181,24 @@ class TransformerConfig:
 
 @dataclass(frozen=True)
 class StepCost:
-    """FLOPs of a fwd+bwd step and the activation bytes kept for its backward."""
+    """FLOPs of a fwd+bwd step and the activation bytes kept for its backward.
+
+    Attributes
+    ----------
+    flops : float
+        Floating-point operations of the forward and backward passes.
+    activation_bytes : float
+        Activations and logits kept for the backward pass.
+    static_bytes : float
+        Token-independent bytes (``TransformerConfig.static_bytes``).
+
+    Examples
+    --------
+    >>> from nat_estimators.costmodel import TransformerConfig, step_cost
+    >>> c = step_cost(TransformerConfig.qwen3_8b(static_bytes=16e9), 1024, 512)
+    >>> c.peak_bytes == c.activation_bytes + 16e9
+    True
+    """
 
     flops: float
     activation_bytes: float
@@ -250,9 +305,11 @@ def nat_step_cost_ratio(
     Returns
     -------
     dict
-        ``{"time_ratio": ..., "flops_ratio": ..., "peak_memory_ratio": ...}``.  Time is taken
-        proportional to FLOPs (compute-bound regime).  Peak memory uses the expected tokens
-        (the mean over the cut law for prefix).
+        ``{"time_ratio": ..., "flops_ratio": ..., "peak_memory_ratio": ...}``.  ``time_ratio``
+        equals ``flops_ratio``: the model takes time proportional to FLOPs (a compute-bound
+        step) and leaves out bandwidth-bound work, attention-kernel efficiency and fixed
+        per-step costs (see the module notes), so a measured time ratio lies between it and 1.
+        Peak memory uses the expected tokens (the mean over the cut law for prefix).
 
     Examples
     --------

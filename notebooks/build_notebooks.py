@@ -462,8 +462,8 @@ NB03 = [
     md(r"""
 # 03 — Prefix cutting in a GRPO loop
 
-A tiny causal transformer (`nat_estimators.rl.TinyCausalLM`) learns a toy task with GRPO, three
-ways from the same initialisation and the same prompts:
+A tiny causal transformer (`nat_estimators.demo.models.TinyCausalLM`) learns a toy task with GRPO,
+three ways from the same initialisation and the same prompts:
 
 * **full-token** training,
 * **prefix cutting** at keep fraction 0.5 (the forward pass stops at each row's cut; rows are
@@ -483,8 +483,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from nat_estimators.rl import (GRPOBatch, GRPOConfig, TinyCausalLM, agg_loss, grpo_per_token_loss,
-                               grpo_step, token_logprobs)
+from nat_estimators.demo.models import TinyCausalLM
+from nat_estimators.rl import (GRPOBatch, GRPOConfig, agg_loss, grpo_per_token_loss, grpo_step,
+                               token_logprobs)
 
 torch.set_num_threads(1)    # a tiny model: one thread is fastest and robust on a busy machine
 V, P, R = 8, 4, 16          # vocabulary, prompt length, max response length
@@ -748,8 +749,9 @@ Negative control: the "replace the response mask by the selection" shortcut, whi
 token counts from the kept tokens.
 """),
     code(r"""
-from nat_estimators.rl import (GRPOBatch, GRPOConfig, TinyCausalLM, agg_loss, grpo_backward,
-                               grpo_per_token_loss, select_tokens, token_logprobs)
+from nat_estimators.demo.models import TinyCausalLM
+from nat_estimators.rl import (GRPOBatch, GRPOConfig, agg_loss, grpo_backward, grpo_per_token_loss,
+                               select_tokens, token_logprobs)
 
 torch.manual_seed(0)
 V, P, R, B = 12, 4, 20, 8

@@ -1,13 +1,13 @@
 """Documentation checks that run without Sphinx: they parse the sources in ``docs/``.
 
 * every public name (``nat_estimators.__all__``, ``nat_estimators.rl.__all__``,
-  ``nat_estimators.cli.__all__``) is listed in the API reference pages (``docs/api/*.rst``:
-  ``autosummary`` entries and ``.. data::`` / ``.. auto*::`` directives, resolved against
-  ``.. currentmodule::``);
-* every public callable of ``nat_estimators`` and ``nat_estimators.rl`` — the functions and
-  classes in ``__all__`` and the public alternative constructors (classmethods) of those
-  classes — has a numpydoc docstring: a summary line and an ``Examples`` section with at least
-  one ``>>>`` line;
+  ``nat_estimators.costmodel.__all__``, ``nat_estimators.cli.__all__``) is listed in the API
+  reference pages (``docs/api/*.rst``: ``autosummary`` entries and ``.. data::`` /
+  ``.. auto*::`` directives, resolved against ``.. currentmodule::``);
+* every public callable of ``nat_estimators``, ``nat_estimators.rl`` and
+  ``nat_estimators.costmodel`` — the functions and classes in ``__all__`` and the public
+  alternative constructors (classmethods) of those classes — has a numpydoc docstring: a summary
+  line and an ``Examples`` section with at least one ``>>>`` line;
 * the narrative pages and notebooks contain no placeholder text, the plain ``python`` code blocks
   of the theory and guide pages run, and the committed notebooks carry no outputs and match
   their generator ``notebooks/build_notebooks.py``.
@@ -37,6 +37,7 @@ NOTEBOOKS = ROOT / "notebooks"
 def _public_modules() -> dict[str, object]:
     mods: dict[str, object] = {"nat_estimators": importlib.import_module("nat_estimators")}
     mods["nat_estimators.cli"] = importlib.import_module("nat_estimators.cli")
+    mods["nat_estimators.costmodel"] = importlib.import_module("nat_estimators.costmodel")
     if (ROOT / "nat_estimators" / "rl" / "__init__.py").is_file():
         try:
             mods["nat_estimators.rl"] = importlib.import_module("nat_estimators.rl")

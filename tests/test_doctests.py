@@ -29,12 +29,12 @@ MODULES = [
     "nat_estimators.summary",
     "nat_estimators.costmodel",
     "nat_estimators.cli",
+    "nat_estimators.demo.models",
     "nat_estimators.rl",
     "nat_estimators.rl.batching",
     "nat_estimators.rl.grpo",
     "nat_estimators.rl.heads",
     "nat_estimators.rl.loss",
-    "nat_estimators.rl.models",
     "nat_estimators.rl.selection",
     "nat_estimators.rl.stats",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
-    TinyCausalLM,
     crop_mask,
     pack_rows,
     select_tokens,

@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
-    TinyCausalLM,
     grpo_backward,
     select_tokens,
 )

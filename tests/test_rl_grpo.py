@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
-    TinyCausalLM,
     agg_loss,
     grpo_backward,
     grpo_per_token_loss,
@@ -203,3 +203,16 @@ def test_balanced_micro_batches_give_the_same_gradient():
         GRPOConfig(balance=True)
     with pytest.raises(ValueError, match="balance"):
         GRPOConfig(balance=True, max_rows=2, max_tokens=10)
+
+
+def test_tiny_causal_lm_moved_to_demo_models() -> None:
+    """``rl.TinyCausalLM`` (a demo model) moved to ``nat_estimators.demo.models``; the old name
+    still works for one release, with a DeprecationWarning naming the new place."""
+    import nat_estimators.rl as rl
+    from nat_estimators.demo.models import TinyCausalLM as Demo
+
+    assert "TinyCausalLM" not in rl.__all__
+    with pytest.warns(DeprecationWarning, match="nat_estimators.demo.models.TinyCausalLM"):
+        assert rl.TinyCausalLM is Demo
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchModel'"):
+        rl.NoSuchModel  # noqa: B018

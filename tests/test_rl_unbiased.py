@@ -21,13 +21,13 @@ import pytest
 import torch
 
 import nat_estimators as nat
+from nat_estimators.demo.models import TinyCausalLM
 from nat_estimators.rl import (
     LOSS_MODES,
     GRPOBatch,
     GRPOConfig,
     LossNormalizers,
     Selection,
-    TinyCausalLM,
     agg_loss,
     grpo_micro_batches,
     grpo_per_token_loss,

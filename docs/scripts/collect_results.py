@@ -2,9 +2,9 @@
 
 Run by ``docs/conf.py`` at start-up.  For each of ``validation/`` and ``benchmarks/`` it writes
 ``<kind>_results.md``, which the pages ``results/validation.md`` and ``results/benchmarks.md``
-include.  If result files (markdown reports such as ``README.md``, ``RESULTS.md``,
-``report.md``; any depth up to 2 below the folder) are present in the checkout, their text is
-embedded with headings renumbered to nest under the page, images copied beside the generated file,
+include.  If result pages (``report.md`` written by the validation suite, ``results.md`` written
+by ``benchmarks/report.py``; any depth up to 2 below the folder) are present in the checkout, their
+text is embedded with headings renumbered to nest under the page, images copied beside the generated file,
 and links to repository files turned into inline code (so the build never depends on them).  If
 none are present, the generated file says so and points at the command that produces them — the
 build never fails because a result is missing.
@@ -17,12 +17,13 @@ import shutil
 import sys
 from pathlib import Path
 
-REPORT_NAMES = {"readme.md", "results.md", "report.md", "summary.md", "validation_report.md",
-                "benchmark_results.md"}
+# Only pages that a report writer generates from a run (every number on them comes from that run);
+# hand-written READMEs describe the suites and are not embedded as results.
+REPORT_NAMES = {"results.md", "report.md"}
 SOURCES = {
     "validation": {
         "folders": ["validation"],
-        "command": "pytest validation/   # or: nat-estimators validate --report validation_report",
+        "command": "nat-estimators validate --report validation_report",
     },
     "benchmarks": {
         "folders": ["benchmarks"],

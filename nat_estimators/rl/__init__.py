@@ -1,8 +1,8 @@
 r"""PyTorch plumbing for NAT ("Not All Tokens Are Needed") policy-gradient losses.
 
-The one rule (:doc:`/rl/overview`): a token-subsampled loss is the full loss with each per-token
-term multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the
-full response mask, never from the selection**.
+The one rule (DESIGN.md §4): a token-subsampled loss is the full loss with each per-token term
+multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the full
+response mask, never from the selection**.
 
 * :func:`agg_loss` / :func:`loss_coefficients` — verl's loss aggregation modes, TRL and OpenRLHF
   aliases, exact with ``weights=None``, unbiased HT estimates with weights;
@@ -15,7 +15,7 @@ full response mask, never from the selection**.
 * :func:`token_logprobs` — the LM head and log-softmax only at selected positions (the uniform
   sampling saving);
 * :func:`grpo_backward`, :func:`grpo_step` — a complete NAT GRPO step built from these, for a
-  *backbone + head* model such as :class:`TinyCausalLM`.
+  *backbone + head* model such as :class:`nat_estimators.demo.models.TinyCausalLM`.
 
 Scope: unbiased for objectives linear in per-token terms (token-level PPO/GRPO/DAPO/CISPO/
 REINFORCE, per-token KL and entropy).  Sequence-level ratio objectives (GSPO) are refused.
@@ -47,7 +47,6 @@ from .grpo import (
 )
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
-from .models import TinyCausalLM
 from .selection import DESIGNS, Selection, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
@@ -63,7 +62,6 @@ __all__ = [
     "MicroBatchTerms",
     "PackPlan",
     "Selection",
-    "TinyCausalLM",
     "agg_loss",
     "crop_mask",
     "grpo_backward",
@@ -80,3 +78,15 @@ __all__ = [
     "select_tokens",
     "token_logprobs",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``rl.TinyCausalLM`` moved to the demo models (it is an example model, not RL plumbing); the
+    # old name works, with a DeprecationWarning, for one release.
+    if name == "TinyCausalLM":
+        from .._deprecation import deprecated
+        from ..demo.models import TinyCausalLM
+
+        deprecated("nat_estimators.rl.TinyCausalLM", "nat_estimators.demo.models.TinyCausalLM")
+        return TinyCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,7 +61,7 @@ class BackboneHeadModel(Protocol):
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import TinyCausalLM
+    >>> from nat_estimators.demo.models import TinyCausalLM
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 11, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
@@ -312,7 +312,8 @@ class MicroBatchTerms:
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers,
     ...                                grpo_micro_batches, select_tokens)
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
@@ -399,7 +400,8 @@ def grpo_micro_batches(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers, TinyCausalLM,
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import (GRPOBatch, GRPOConfig, LossNormalizers,
     ...                                grpo_micro_batches, select_tokens)
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
@@ -476,7 +478,8 @@ class GRPOStepResult:
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_backward
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 16, (3, 8)), torch.ones(3, 8, dtype=torch.bool)
@@ -534,7 +537,8 @@ def grpo_backward(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_backward
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_backward
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=8, n_heads=2, n_layers=1, max_len=16)
     >>> ids, am = torch.randint(0, 16, (4, 10)), torch.ones(4, 10, dtype=torch.bool)
@@ -610,7 +614,8 @@ def grpo_step(
     Examples
     --------
     >>> import torch
-    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, TinyCausalLM, grpo_step
+    >>> from nat_estimators.demo.models import TinyCausalLM
+    >>> from nat_estimators.rl import GRPOBatch, GRPOConfig, grpo_step
     >>> torch.manual_seed(0) and None
     >>> model = TinyCausalLM(vocab_size=16, d_model=16, n_heads=2, n_layers=1, max_len=32)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -24,8 +24,8 @@ Two architectures share the "backbone + head" layout the RL plumbing's selected-
 expects: ``backbone(input_ids) -> hidden (B, T, H)`` and ``head: nn.Linear(H, V)``;
 ``forward(input_ids) = head(backbone(input_ids))``.
 
-* :class:`TransformerPolicy` — a small pre-LN causal transformer (learned positions, explicit
-  attention so forward-mode AD and float64 work).
+* :class:`TransformerPolicy` — a small pre-LN causal transformer (learned positions) built from
+  :class:`nat_estimators.demo.models.TransformerBlock`, the block of the demo models.
 * :class:`GRUPolicy` — embedding, a GRU, the head.
 
 Both are causal: the hidden state at position :math:`t` depends on tokens :math:`\le t` only, so
@@ -35,13 +35,14 @@ cropping a row after its last kept token does not change any kept token's log-pr
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from nat_estimators.demo.models import TransformerBlock, causal_key_mask
 
 __all__ = [
     "EOS",
@@ -74,31 +75,6 @@ POLICY_DIR = Path(__file__).resolve().parent / "policies"
 
 
 # ----------------------------------------------------------------------------- models
-class _Block(nn.Module):
-    def __init__(self, d: int, heads: int, ff: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.ff1 = nn.Linear(d, ff)
-        self.ff2 = nn.Linear(ff, d)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)
-        q = q.view(B, T, h, D // h).transpose(1, 2)
-        k = k.view(B, T, h, D // h).transpose(1, 2)
-        v = v.view(B, T, h, D // h).transpose(1, 2)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(D // h)
-        att = att.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, D)
-        x = x + self.proj(y)
-        return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.ln2(x))))
-
-
 class TransformerPolicy(nn.Module):
     """Small pre-LN causal transformer: ``backbone`` (embeddings + blocks + final LN) and
     ``head`` (linear to the vocabulary)."""
@@ -112,7 +88,7 @@ class TransformerPolicy(nn.Module):
                            max_len=max_len)
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(max_len, d_model)
-        self.blocks = nn.ModuleList([_Block(d_model, heads, ff) for _ in range(layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(d_model, heads, ff) for _ in range(layers)])
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
 
@@ -129,9 +105,7 @@ class TransformerPolicy(nn.Module):
             am = attention_mask.bool()
         pos = (am.long().cumsum(-1) - 1).clamp(min=0)
         x = self.tok(input_ids) + self.pos(pos)
-        idx = torch.arange(T, device=dev)
-        eye = torch.eye(T, dtype=torch.bool, device=dev)
-        allowed = (idx[None, :] <= idx[:, None])[None] & (am[:, None, :] | eye[None])
+        allowed = causal_key_mask(am)
         for b in self.blocks:
             x = b(x, allowed)
         return self.ln_f(x)

@@ -56,8 +56,8 @@ def markdown(reg: Registry) -> str:
         f"False-alarm budget: {m.get('alpha_total')} for the whole run, Bonferroni: mean tests "
         f"{m.get('alpha_mean')} over {m.get('mean_tests')} tests "
         f"(|z| > {_f(m.get('z_mean'), '.3f')}), variance tests {m.get('alpha_var')} over "
-        f"{m.get('var_tests')} tests (|z| > {_f(m.get('z_var'), '.3f')}).  Exact proofs compare "
-        "to 1e-9 (no randomness).",
+        f"{m.get('var_tests')} tests (|z| > {_f(m.get('z_var'), '.3f')}).  Exact proofs have no "
+        "randomness: each compares within the tolerance (tol) listed in its table.",
         "",
     ]
     if reg.cases:

@@ -2,8 +2,8 @@ r"""Train the validation policies with full-token GRPO on the digit-sum task.
 
 Usage::
 
-    python validation/train_policies.py            # writes validation/policies/
-    python validation/train_policies.py --out DIR --steps 120
+    python -m nat_estimators.validation.train_policies   # writes the policies/ folder beside it
+    python -m nat_estimators.validation.train_policies --out DIR --steps 120
 
 Each step samples ``prompts x group`` answers, computes group-normalised advantages
 :math:`A_i = (r_i - \bar r_g)/(s_g + 10^{-6})` and takes ``epochs`` Adam steps on the per-token
@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from validation.policies import (
+from nat_estimators.validation.policies import (
     MAX_TARGET,
     POLICY_DIR,
     build_policy,

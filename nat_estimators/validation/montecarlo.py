@@ -1,8 +1,8 @@
 r"""Monte Carlo draws of NAT gradients at scale, their exact design variance, and the statistics.
 
-For one batch (a :class:`~validation.harness.Case`) and one design, every draw :math:`j` is a
-selection made by :func:`nat_estimators.rl.select_tokens` — the call users make — and its NAT
-gradient projected on :math:`K` fixed unit directions :math:`v_k`:
+For one batch (a :class:`~nat_estimators.validation.harness.Case`) and one design, every draw
+:math:`j` is a selection made by :func:`nat_estimators.rl.select_tokens` — the call users make —
+and its NAT gradient projected on :math:`K` fixed unit directions :math:`v_k`:
 
 .. math:: X^{(m)}_{jk} = v_k^\top \nabla_\theta \hat J^{(m)}_{S_j}
           = \sum_{i,t} c^{(m)}_{it}(S_j)\, v_k^\top \nabla_\theta \ell_{it},

@@ -5,7 +5,8 @@ Options
 ``--nat-quick``
     Fewer Monte Carlo draws and only the verl loss modes in the exact proofs (about a minute).
 ``--nat-report=DIR``
-    Report folder (default ``validation_report/`` in the repository root); printed at the end.
+    Report folder (default ``validation_report/`` in the directory pytest was started from);
+    printed at the end.
 ``--nat-scale=K``
     Multiply the number of Monte Carlo draws by ``K`` (a GPU run).
 ``--nat-device=DEV``
@@ -36,8 +37,6 @@ from .world import (  # every seed and size of the suite lives in world.py
     World,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -55,7 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nat-quick", action="store_true", default=False,
                     help="short run: fewer Monte Carlo draws, verl modes only in exact proofs")
     group.addoption("--nat-report", metavar="DIR", default=None,
-                    help="report folder (default: validation_report/ in the repository root)")
+                    help="report folder (default: validation_report/ in the current directory)")
     group.addoption("--nat-scale", metavar="K", type=float, default=1.0,
                     help="multiply the number of Monte Carlo draws by K (e.g. on a GPU)")
     group.addoption("--nat-device", metavar="DEV", default=None,
@@ -69,7 +68,7 @@ def _settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError("--nat-scale must be > 0")
     dev = config.getoption("--nat-device") or ("cuda" if torch.cuda.is_available() else "cpu")
     report = config.getoption("--nat-report")
-    report_dir = Path(report) if report else REPO / "validation_report"
+    report_dir = Path(report) if report else config.invocation_params.dir / "validation_report"
     base = DRAWS_QUICK if quick else DRAWS_FULL
     cbase = CONTROL_DRAWS_QUICK if quick else CONTROL_DRAWS_FULL
     draws = max(POWER_REPS * 50, round(base * scale))
