@@ -4,8 +4,9 @@ Run by ``docs/conf.py`` at start-up.  For each of ``validation/`` and ``benchmar
 ``<kind>_results.md``, which the pages ``results/validation.md`` and ``results/benchmarks.md``
 include.  If result pages (``report.md`` written by the validation suite, ``results.md`` written
 by ``benchmarks/report.py``; any depth up to 2 below the folder) are present in the checkout, their
-text is embedded with headings renumbered to nest under the page, images copied beside the generated file,
-and links to repository files turned into inline code (so the build never depends on them).  If
+text is embedded with headings renumbered to nest under the page, images copied beside the
+generated file, and links to repository files turned into inline code (so the build never depends
+on them).  If
 none are present, the generated file says so and points at the command that produces them — the
 build never fails because a result is missing.
 """
