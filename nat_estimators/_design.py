@@ -51,8 +51,17 @@ class Design(abc.ABC):
     """Abstract base class of the sampling designs (frozen values, keyword-only options).
 
     Subclasses implement :attr:`uniform_shape`, :meth:`inclusion_probabilities`,
-    :meth:`joint_inclusion_probabilities` and the selection rule; :meth:`sample` validates the
-    uniforms and :meth:`draw` adapts a random number generator.
+    :meth:`joint_inclusion_probabilities` and the selection rule ``_sample(u)``; :meth:`sample`
+    validates the uniforms and :meth:`draw` adapts a random number generator.
+
+    A new design needs only its own module: ``class Mine(Design, name="mine")`` registers it
+    (:meth:`registered`), and with a ``from_fraction(keep, *, mask, ...)`` constructor the name
+    works in :func:`~nat_estimators.rl.select_tokens`, ``nat-estimators compare`` and the cost
+    model.  Optional hooks: ``_exact_variance`` and ``_variance_estimate`` (closed-form fast
+    paths of :func:`~nat_estimators.design_variance` and
+    :func:`~nat_estimators.variance_estimate`; without them the dense :math:`O(N^2)` formulas
+    built from :meth:`joint_inclusion_probabilities` are used) and ``_row_support`` (a row's
+    finite support, for :meth:`enumerate_support`).
 
     Examples
     --------
