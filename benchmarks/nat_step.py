@@ -99,7 +99,7 @@ __all__ = [
 KEEPS = (0.25, 0.5, 0.75)
 DESIGN_OF = {"rpc": "prefix", "urs": "poisson"}
 
-#: Targets of issue 6 on this section's ratios: name -> (comparison, bound).
+#: Targets on this section's ratios: name -> (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
     "rpc_time_ratio@0.5": ("<=", 0.55),
     "rpc_peak_memory_ratio@0.5": ("<=", 0.60),
@@ -348,7 +348,7 @@ def _head_fn(
 ) -> Callable[[], None]:
     def run() -> None:
         h = hidden.detach().requires_grad_(True)
-        lp, _ = token_logprobs(h, head, ids, sel.mask)
+        lp, _ = token_logprobs(h, head, ids, sel.sample)
         (lp * sel.weights.to(lp.dtype)).sum().backward()
 
     return run
@@ -379,28 +379,29 @@ def _token_accounting(
     rows_bal = {"max_rows": setup.micro_rows, "balance": True}
     rows_pad = {"max_rows": setup.micro_rows}
     f_keep = crop_mask(am, full.crop_lengths)
-    fb = _plan_tokens(f_keep, full.mask, **budget)
-    fr = _plan_tokens(f_keep, full.mask, **rows_bal)
-    fp = _plan_tokens(f_keep, full.mask, **rows_pad)
+    fb = _plan_tokens(f_keep, full.sample, **budget)
+    fr = _plan_tokens(f_keep, full.sample, **rows_bal)
+    fp = _plan_tokens(f_keep, full.sample, **rows_pad)
     acc: dict[str, list[float]] = {}
     sels = draw_selections(
         batch.response_mask, DESIGN_OF[key], keep, setup.accounting_draws, setup.seed + 7919
     )
     for s in sels:
         k = crop_mask(am, s.crop_lengths)
-        nb = _plan_tokens(k, s.mask, **budget)
-        nr = _plan_tokens(k, s.mask, **rows_bal)
-        npd = _plan_tokens(k, s.mask, **rows_pad)
+        nb = _plan_tokens(k, s.sample, **budget)
+        nr = _plan_tokens(k, s.sample, **rows_bal)
+        npd = _plan_tokens(k, s.sample, **rows_pad)
         vals = {
             "forward_token_ratio": nb["forward_tokens"] / fb["forward_tokens"],
             "head_token_ratio": nb["head_tokens"] / fb["head_tokens"],
             "microbatch_count_ratio": nb["micro_batches"] / fb["micro_batches"],
             "peak_mb_real_token_ratio": nr["peak_mb_real_tokens"] / fr["peak_mb_real_tokens"],
             "peak_mb_head_token_ratio": max(
-                int(mb.gather(s.mask, fill=False).sum()) for mb in pack_rows(k, **rows_bal)
+                int(mb.gather(s.sample, fill=False).sum()) for mb in pack_rows(k, **rows_bal)
             )
             / max(
-                int(mb.gather(full.mask, fill=False).sum()) for mb in pack_rows(f_keep, **rows_bal)
+                int(mb.gather(full.sample, fill=False).sum())
+                for mb in pack_rows(f_keep, **rows_bal)
             ),
             "padded_peak_mb_token_ratio": npd["peak_mb_padded_tokens"]
             / fp["peak_mb_padded_tokens"],
@@ -521,7 +522,7 @@ def run_nat_step_benchmarks(
     f_head = float(batch.response_mask.sum())
     for name, ss in sels.items():
         fwd = [float(crop_mask(batch.attention_mask, x.crop_lengths).sum()) / f_fwd for x in ss]
-        head = [float(x.mask.sum()) / f_head for x in ss]
+        head = [float(x.sample.sum()) / f_head for x in ss]
         records.append(
             {
                 "name": f"nat_step/selections/{name}",
@@ -761,7 +762,7 @@ def _cost_model_check(
 
     def cost(sel: Selection) -> tuple[float, float]:
         body = crop_mask(am, sel.crop_lengths).sum(-1).cpu().numpy()
-        head = sel.mask.sum(-1).cpu().numpy()
+        head = sel.sample.sum(-1).cpu().numpy()
         flops = batch_step_cost(cfg, body, head).flops
         plan = pack_rows(crop_mask(am, sel.crop_lengths), **rows_kw)
         peak = 0.0

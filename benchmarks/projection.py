@@ -46,7 +46,7 @@ def _one_row_peak_ratio(
     full = step_cost(cfg, prompt_len + response_len, response_len).peak_bytes
     if design != "prefix":
         return step_cost(cfg, prompt_len + response_len, keep * response_len).peak_bytes / full
-    d = Prefix.from_budget(keep, mask=np.ones(response_len, dtype=bool), full_keep=FULL_KEEP)
+    d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool), full_keep=FULL_KEEP)
     pmf = np.asarray(d.cut_pmf(), dtype=float)
     cuts = rng.choice(response_len + 1, size=(draws, rows), p=pmf / pmf.sum())
     peak = [step_cost(cfg, prompt_len + int(c.max()), int(c.max())).peak_bytes for c in cuts]

@@ -98,7 +98,7 @@ def run_variance_subprocess() -> dict[str, Any]:
             "stdout": p.stdout,
             "stderr_tail": p.stderr[-2000:],
             "wall_s": time.perf_counter() - t0,
-            "note": "absolute times against an absolute target (issue 3), not a ratio",
+            "note": "absolute times against an absolute target, not a ratio",
         }
     except Exception as exc:  # pragma: no cover
         return {
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": "variance/skipped",
                 "section": "variance",
                 "skipped": True,
-                "note": "benchmarks/variance.py (absolute-time target of issue 3, no "
+                "note": "benchmarks/variance.py (absolute-time target, no "
                 "function API) runs only in the full run, as a subprocess",
             }
         )

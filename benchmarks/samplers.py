@@ -10,8 +10,8 @@ Sections
 --------
 ``batch``
     A ragged batch of 256 rows x 8192 positions, row lengths uniform on 1024..8192, right-padded
-    mask.  For each design (``Poisson.uniform(0.5)``, ``SimpleRandom.from_fraction(0.5)``,
-    ``Systematic.uniform(0.5)``, ``Prefix.from_budget(0.5)``) and backend (numpy, torch):
+    mask.  For each design (``Poisson.from_fraction(0.5)``, ``SimpleRandom.from_fraction(0.5)``,
+    ``Systematic.from_fraction(0.5)``, ``Prefix.from_fraction(0.5)``) and backend (numpy, torch):
 
     * ``sample(u)`` with pre-drawn float64 uniforms, against a raw Bernoulli comparison
       ``u < 0.5`` on the full (256 x 8192) shape (``batch_sample_vs_bernoulli@<design>/<backend>``);
@@ -21,7 +21,7 @@ Sections
     * construction, against filling the π array ``where(mask, 0.5, 0.0)``
       (``batch_construct_vs_pi_fill@<design>/<backend>``).
 
-    Target (issue 2/6): ``sample`` and ``draw`` ≤ 5 ms for every design and backend.
+    Target: ``sample`` and ``draw`` ≤ 5 ms for every design and backend.
 
 ``R``  (only when ``Rscript`` with the ``sampling`` package is found; otherwise skipped with a note)
     One persistent ``Rscript`` process serves timing requests over a pipe, so R's start-up is
@@ -87,10 +87,10 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 DESIGNS: dict[str, Callable[[Any], Any]] = {
-    "poisson": lambda m: nat.Poisson.uniform(KEEP, mask=m),
+    "poisson": lambda m: nat.Poisson.from_fraction(KEEP, mask=m),
     "simple_random": lambda m: nat.SimpleRandom.from_fraction(KEEP, mask=m),
-    "systematic": lambda m: nat.Systematic.uniform(KEEP, mask=m),
-    "prefix": lambda m: nat.Prefix.from_budget(KEEP, mask=m),
+    "systematic": lambda m: nat.Systematic.from_fraction(KEEP, mask=m),
+    "prefix": lambda m: nat.Prefix.from_fraction(KEEP, mask=m),
 }
 
 

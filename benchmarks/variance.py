@@ -1,6 +1,6 @@
 r"""Benchmark: exact design variance of the HT total on a (64 x 32768) batch with 16-dim y.
 
-Target (issue 3): ``design_variance`` of a Prefix or a Poisson design in <= 50 ms on CPU, with no
+Target: ``design_variance`` of a Prefix or a Poisson design in <= 50 ms on CPU, with no
 O(N^2) memory on any fast path.  Systematic sampling is timed too (O(N log N), a sort per row).
 
 Run from the repository root::
@@ -47,7 +47,7 @@ def _designs(xp_name: str, dtype: str) -> tuple[Any, dict[str, Any]]:
         conv = np.asarray
     m = conv(mask)
     designs = {
-        "Prefix.from_budget(0.5)": nat.Prefix.from_budget(
+        "Prefix.from_fraction(0.5)": nat.Prefix.from_fraction(
             0.5, mask=m, full_keep=0.05, dtype=conv(y[:1, :1, 0]).dtype
         ),
         "Poisson(pi)": nat.Poisson(conv(pi_pois), mask=m),

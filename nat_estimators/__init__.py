@@ -14,14 +14,9 @@ from .poisson import Poisson
 from .prefix import Prefix
 from .random import uniforms
 from .simple_random import SimpleRandom
+from .summary import DesignSummary, design_summary
 from .systematic import Systematic
-from .variance import (
-    BiasedVarianceEstimateWarning,
-    DesignSummary,
-    design_summary,
-    design_variance,
-    variance_estimate,
-)
+from .variance import BiasedVarianceEstimateWarning, design_variance, variance_estimate
 
 __version__ = "0.1.0.dev0"
 

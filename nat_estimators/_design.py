@@ -5,7 +5,7 @@ batch.  Rows live on the leading axes, tokens on the last axis; the boolean ``ma
 eligible positions (ragged batches, non-contiguous response masks).  Ineligible positions have
 inclusion probability 0 and are never sampled.
 
-Every design exposes the same five methods (DESIGN.md §3):
+Every design exposes the same five methods (:doc:`/theory/designs`):
 
 * :meth:`Design.inclusion_probabilities` — :math:`\pi_k = P(k \in S)`, shape ``(..., N)``;
 * :meth:`Design.joint_inclusion_probabilities` — :math:`\pi_{kl} = P(k, l \in S)`, dense
@@ -22,8 +22,8 @@ import abc
 import dataclasses
 from typing import Any
 
-from ._common import trusted
 from ._compat import Array, device_of, is_floating, namespace
+from ._validation import trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]
@@ -40,7 +40,7 @@ class Design(abc.ABC):
     --------
     >>> import numpy as np
     >>> import nat_estimators as nat
-    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((2, 6), dtype=bool), full_keep=0.2)
+    >>> d = nat.Prefix.from_fraction(0.5, mask=np.ones((2, 6), dtype=bool), full_keep=0.2)
     >>> isinstance(d, nat.Design), d.batch_shape, d.uniform_shape
     (True, (2,), (2,))
     >>> d.draw(0).shape

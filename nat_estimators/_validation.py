@@ -1,4 +1,4 @@
-r"""Input checks shared by the designs and estimators.
+r"""Input checks shared by the designs and estimators, and the validated construction of designs.
 
 Every check raises :class:`ValueError` (or :class:`TypeError` for a wrong kind of object) with a
 message that names the argument, says what was wrong and what to do.  Checks reduce to Python
@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-from ._compat import Array, is_array, is_floating
+from ._compat import Array, device_of, is_array, is_floating, namespace
 
 __all__ = [
     "check_bool_mask",
@@ -19,6 +19,10 @@ __all__ = [
     "check_fraction",
     "check_probabilities",
     "check_same_shape",
+    "eligible_rank",
+    "prepare_pi_and_mask",
+    "resolve_mask",
+    "trusted",
 ]
 
 
@@ -123,3 +127,48 @@ def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int
             )
         return v
     raise TypeError(f"{name} must be a number or an array, got {type(v).__name__}")
+
+
+# ---------------------------------------------------------------------------- designs
+def trusted(cls: Any, **fields: Any) -> Any:
+    """Build a design from arrays a constructor has already validated (skips ``__post_init__``).
+
+    Only for the package's own constructors, whose output satisfies the design's invariants by
+    construction; user input always goes through the validating ``__init__``.
+    """
+    obj = object.__new__(cls)
+    for k, v in fields.items():
+        object.__setattr__(obj, k, v)
+    return obj
+
+
+def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) -> Array:
+    """The eligible mask (all True when ``None``), validated against ``shape``."""
+    if mask is None:
+        return xp.ones(shape, dtype=xp.bool, device=dev)
+    mask = check_bool_mask(xp, mask, "mask", shape=shape)
+    if device_of(mask) != dev:
+        raise ValueError(
+            f"mask is on device {device_of(mask)} but pi is on {dev}; move one of them"
+        )
+    return mask
+
+
+def prepare_pi_and_mask(pi: Array, mask: Array | None) -> tuple[Any, Array, Array]:
+    """Validate ``pi`` in (0, 1] on eligible positions; return ``(xp, pi_clean, mask)``.
+
+    ``pi_clean`` is ``pi`` with exact zeros at ineligible positions.
+    """
+    xp = namespace(pi, mask)
+    pi = check_float_array(xp, pi, "pi")
+    if pi.shape[-1] == 0:
+        raise ValueError("pi has an empty token axis; there must be at least one token position")
+    mask = resolve_mask(xp, mask, tuple(pi.shape), device_of(pi))
+    check_probabilities(xp, pi, mask, "pi")
+    return xp, xp.where(mask, pi, xp.zeros_like(pi)), mask
+
+
+def eligible_rank(xp: Any, mask: Array) -> Array:
+    """1-based rank of each position among its row's eligible positions (0 where ineligible)."""
+    r = xp.cumulative_sum(xp.astype(mask, xp.int64), axis=-1)
+    return xp.where(mask, r, xp.zeros_like(r))

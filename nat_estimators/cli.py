@@ -81,12 +81,12 @@ def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design
     count = mask.sum(-1).astype(float)
     full_keep = min(0.05, budget / 2)
     return {
-        "poisson (uniform, URS)": Poisson.uniform(budget, mask=mask),
+        "poisson (uniform, URS)": Poisson.from_fraction(budget, mask=mask),
         "poisson (pi ~ |g|)": Poisson.proportional(norms, budget * count, mask=mask),
         "simple random": SimpleRandom.from_fraction(budget, mask=mask),
-        "systematic (uniform)": Systematic.uniform(budget, mask=mask),
+        "systematic (uniform)": Systematic.from_fraction(budget, mask=mask),
         "systematic (pi ~ |g|)": Systematic.proportional(norms, budget * count, mask=mask),
-        f"prefix (full_keep={full_keep:g})": Prefix.from_budget(budget, mask=mask,
+        f"prefix (full_keep={full_keep:g})": Prefix.from_fraction(budget, mask=mask,
                                                                 full_keep=full_keep),
     }
 
@@ -169,7 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print("error: --plot needs matplotlib: pip install 'nat-estimators[all]'",
                   file=sys.stderr)
             return 2
-        budgets = [b for b in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9) if b >= 0.1]
+        budgets = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
         curves: dict[str, list[float]] = {}
         for b in budgets:
             for r in compare_designs(b, y, mask):

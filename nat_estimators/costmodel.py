@@ -76,7 +76,7 @@ the model's prediction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -149,10 +149,6 @@ class TransformerConfig:
         6.945767424
         """
         return cls(36, 4096, 12288, 32, 8, 128, 151936, static_bytes=static_bytes)
-
-    def with_static_bytes(self, static_bytes: float) -> TransformerConfig:
-        """A copy with ``static_bytes`` set."""
-        return replace(self, static_bytes=static_bytes)
 
     @property
     def params_per_layer(self) -> int:
@@ -302,7 +298,7 @@ def nat_step_cost_ratio(
     keep : float
         Expected keep fraction :math:`\kappa`.
     full_keep, min_keep : float
-        Options of :meth:`~nat_estimators.Prefix.from_budget` for ``design="prefix"``.
+        Options of :meth:`~nat_estimators.Prefix.from_fraction` for ``design="prefix"``.
 
     Returns
     -------
@@ -324,7 +320,7 @@ def nat_step_cost_ratio(
 
     full = step_cost(cfg, prompt_len + response_len, response_len)
     if design == "prefix":
-        d = Prefix.from_budget(keep, mask=np.ones(response_len, dtype=bool), full_keep=full_keep,
+        d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool), full_keep=full_keep,
                                min_keep=min_keep)
         pmf = np.asarray(d.cut_pmf())
         cuts = np.arange(response_len + 1, dtype=float)

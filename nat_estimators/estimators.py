@@ -1,8 +1,8 @@
 r"""Horvitz–Thompson and Hájek (self-normalized) estimators.
 
-Notation (DESIGN.md §1): a row's eligible tokens form the population :math:`U = \{1..N\}`; the
-sample :math:`S \subseteq U` is given by the boolean ``mask`` (:math:`I_k = 1\{k \in S\}`) and
-:math:`\pi_k = P(k \in S)`.  With :math:`\check y_k = y_k/\pi_k`:
+Notation (:doc:`/theory/notation`): a row's eligible tokens form the population
+:math:`U = \{1..N\}`; the sample :math:`S \subseteq U` is given by the boolean ``sample``
+(:math:`I_k = 1\{k \in S\}`) and :math:`\pi_k = P(k \in S)`.  With :math:`\check y_k = y_k/\pi_k`:
 
 * Horvitz–Thompson total (Horvitz & Thompson 1952): :math:`\hat Y = \sum_{k \in S} \check y_k`,
   unbiased for :math:`Y = \sum_{k \in U} y_k` whenever :math:`\pi_k > 0` for all :math:`k`, since
@@ -22,54 +22,73 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float_dtype
+from ._compat import Array, float_dtype, namespace
+from ._deprecation import positional_arrays
 from ._units import Units, align_units
 from ._validation import check_bool_mask, check_float_array
 
 __all__ = ["hajek_mean", "hajek_total", "ht_mean", "ht_total", "ht_weights"]
 
 
-def _prepare(y: Array, mask: Array, pi: Array, axis: int) -> tuple[Units, Array, Array]:
-    """Validate and return (units, mask with value axis, weights 1/pi at sampled units)."""
-    u0 = align_units(y, axis, None, mask, pi)
+def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Array, Array]:
+    """Validate and return (units, sample, weights 1/pi at sampled units)."""
+    u0 = align_units(y, axis, None, sample, pi)
     xp = u0.xp
     ushape = (*u0.batch_shape, u0.y.shape[-2])
-    check_bool_mask(xp, mask, "mask")
+    check_bool_mask(xp, sample, "sample")
     pi = check_float_array(xp, pi, "pi")
-    if tuple(pi.shape) != tuple(mask.shape):
+    if tuple(pi.shape) != tuple(sample.shape):
         raise ValueError(
-            f"mask has shape {tuple(mask.shape)} but pi has shape {tuple(pi.shape)}; they must be "
-            "equal (rows on leading axes, units on the last)"
+            f"sample has shape {tuple(sample.shape)} but pi has shape {tuple(pi.shape)}; they "
+            "must be equal (rows on leading axes, units on the last)"
         )
-    if tuple(mask.shape) != ushape:
+    if tuple(sample.shape) != ushape:
         raise ValueError(
             f"y.shape[:axis + 1] = {ushape} (axis={axis}) does not match the shape "
-            f"{tuple(mask.shape)} of mask and pi; y must be aligned with them up to and including "
-            "its unit axis (axes after it are value axes)"
+            f"{tuple(sample.shape)} of sample and pi; y must be aligned with them up to and "
+            "including its unit axis (axes after it are value axes)"
         )
-    w = ht_weights(mask, pi)
+    w = ht_weights(sample, pi)
     dt = float_dtype(xp, u0.y, pi)
     yv = xp.astype(u0.y, dt) if u0.y.dtype != dt else u0.y
-    yv = xp.where(mask[..., None], yv, xp.zeros_like(yv))
+    yv = xp.where(sample[..., None], yv, xp.zeros_like(yv))
     units = Units(xp=xp, y=yv, batch_shape=u0.batch_shape, value_shape=u0.value_shape)
-    return units, mask, xp.astype(w, dt)
+    return units, sample, xp.astype(w, dt)
 
 
-def ht_weights(mask: Array, pi: Array) -> Array:
+@positional_arrays(
+    "sample", "pi", renamed={"mask": "sample", "response_mask": "mask"}, keyword_only=("mask",)
+)
+def ht_weights(
+    sample: Array, pi: Array, /, *, mask: Array | None = None, dtype: Any = None
+) -> Array:
     r"""Horvitz–Thompson weights :math:`w_k = I_k / \pi_k` (0 at unsampled units).
 
     Parameters
     ----------
-    mask : array of bool, shape (..., N)
+    sample : array of bool, shape (..., N)
         Sampled units :math:`I_k`.
     pi : array, shape (..., N)
-        Inclusion probabilities; must be finite and in :math:`(0, 1]` wherever ``mask`` is set
-        (ignored elsewhere).
+        Inclusion probabilities; must be finite and in :math:`(0, 1]` on every eligible unit
+        (``mask``), ignored elsewhere.
+    mask : array of bool, shape (..., N), optional
+        Eligible units (e.g. the response mask); ``sample`` must lie inside it.  Default:
+        ``sample`` (only the sampled units' ``pi`` is checked).
+    dtype : dtype, optional
+        Floating dtype of the weights (default: ``pi``'s).  :math:`1/\pi` is formed in ``pi``'s
+        dtype and then cast.  Half precision is refused: :math:`1/\pi` rounds (bfloat16 keeps 8
+        mantissa bits) or overflows (float16).
 
     Returns
     -------
     array, shape (..., N)
-        :math:`I_k/\pi_k` in ``pi``'s dtype.
+        :math:`I_k/\pi_k`, in ``pi``'s namespace and on its device.
+
+    Raises
+    ------
+    ValueError
+        ``pi`` is 0, negative, above 1 or not finite at an eligible unit; ``sample`` selects a
+        unit outside ``mask``; shapes disagree; a half ``dtype``.
 
     Examples
     --------
@@ -77,24 +96,49 @@ def ht_weights(mask: Array, pi: Array) -> Array:
     >>> from nat_estimators import ht_weights
     >>> ht_weights(np.array([True, False, True]), np.array([0.5, 0.0, 0.25]))
     array([2., 0., 4.])
+
+    The same function is :func:`nat_estimators.rl.ht_weights`; on torch tensors, with the
+    response mask as the eligible units and float32 weights:
+
+    >>> import torch
+    >>> s = torch.tensor([[True, False, True]])
+    >>> p = torch.tensor([[0.5, 0.5, 0.25]], dtype=torch.float64)
+    >>> ht_weights(s, p, mask=torch.ones(1, 3, dtype=torch.bool), dtype=torch.float32)
+    tensor([[2., 0., 4.]])
     """
-    from ._compat import namespace
-
-    xp = namespace(mask, pi)
+    xp = namespace(sample, pi, mask)
     pi = check_float_array(xp, pi, "pi")
-    check_bool_mask(xp, mask, "mask", shape=tuple(pi.shape))
-    if bool(xp.any(mask & ~xp.isfinite(pi))):
-        raise ValueError("pi is NaN or Inf at a sampled unit")
-    if bool(xp.any(mask & ((pi <= 0) | (pi > 1)))):
+    check_bool_mask(xp, sample, "sample", shape=tuple(pi.shape))
+    if mask is None:
+        elig = sample
+    else:
+        elig = check_bool_mask(xp, mask, "mask", shape=tuple(pi.shape))
+        if bool(xp.any(sample & ~elig)):
+            raise ValueError(
+                "sample selects units outside mask (the eligible units): a sample must be drawn "
+                "from the design built on mask"
+            )
+    if dtype is not None and dtype not in (xp.float32, xp.float64):
         raise ValueError(
-            "pi must lie in (0, 1] at every sampled unit (mask set); a sampled unit with pi = 0 "
-            "would get an infinite weight — check that mask is a sample of the design that gave pi"
+            f"dtype must be float32 or float64, got {dtype}: Horvitz–Thompson weights 1/pi lose "
+            "precision (bfloat16 has 8 mantissa bits) or overflow (float16) in half precision; "
+            "keep the weights in float32 and let the loss be cast up"
         )
-    safe = xp.where(mask, pi, xp.ones_like(pi))
-    return xp.where(mask, 1 / safe, xp.zeros_like(pi))
+    if not bool(xp.all(~elig | ((pi > 0) & (pi <= 1)))):
+        if bool(xp.any(elig & ~xp.isfinite(pi))):
+            raise ValueError("pi is NaN or Inf at a sampled (or eligible) unit")
+        raise ValueError(
+            "pi must lie in (0, 1] at every sampled (and every eligible) unit; a unit with pi = 0 "
+            "would get an infinite weight — check that sample is a sample of the design that gave "
+            "pi"
+        )
+    safe = xp.where(sample, pi, xp.ones_like(pi))
+    w = xp.where(sample, 1 / safe, xp.zeros_like(pi))
+    return w if dtype is None or w.dtype == dtype else xp.astype(w, dtype)
 
 
-def ht_total(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
+@positional_arrays("y", "sample", "pi", renamed={"mask": "sample"})
+def ht_total(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     r"""Horvitz–Thompson estimator of the population total :math:`Y = \sum_{k \in U} y_k`.
 
     Parameters
@@ -102,10 +146,10 @@ def ht_total(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     y : array, shape (..., N, *V)
         Per-unit values; ``axis`` is the unit axis, axes after it are value axes.  Values at
         unsampled units are ignored (may be NaN).
-    mask : array of bool, shape (..., N)
+    sample : array of bool, shape (..., N)
         Sampled units (the selection :math:`S`), aligned with ``y`` up to the unit axis.
     pi : array, shape (..., N)
-        First-order inclusion probabilities of the design that drew ``mask``.
+        First-order inclusion probabilities of the design that drew ``sample``.
     axis : int, default -1
         Unit axis of ``y``.
 
@@ -132,19 +176,22 @@ def ht_total(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     >>> nat.ht_total(yv, np.array([True, False, True]), np.array([0.5, 0.5, 1.0]), axis=0)
     array([ 5., 50.])
     """
-    u, _, w = _prepare(y, mask, pi, axis)
+    u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
     return u.restore(xp.sum(w[..., None] * u.y, axis=-2))
 
 
-def ht_mean(y: Array, mask: Array, pi: Array, population_size: Any, *, axis: int = -1) -> Array:
+@positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})
+def ht_mean(
+    y: Array, sample: Array, pi: Array, population_size: Any, /, *, axis: int = -1
+) -> Array:
     r"""Horvitz–Thompson estimator of the mean with known population size :math:`N`.
 
     :math:`\hat{\bar y} = \hat Y / N`, unbiased (see :func:`ht_total`).
 
     Parameters
     ----------
-    y, mask, pi, axis
+    y, sample, pi, axis
         As in :func:`ht_total`.
     population_size : float or array of shape (...)
         Known :math:`N` per row (e.g. the number of eligible tokens); must be > 0.
@@ -156,9 +203,9 @@ def ht_mean(y: Array, mask: Array, pi: Array, population_size: Any, *, axis: int
     >>> nat.ht_mean(np.array([1.0, 2.0]), np.array([True, False]), np.array([0.5, 0.5]), 2)
     np.float64(1.0)
     """
-    u, _, _ = _prepare(y, mask, pi, axis)
+    u, _, _ = _prepare(y, sample, pi, axis)
     xp = u.xp
-    total = ht_total(y, mask, pi, axis=axis)
+    total = ht_total(y, sample, pi, axis=axis)
     n = _population(xp, population_size, u)
     return total / xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
 
@@ -177,12 +224,13 @@ def _population(xp: Any, population_size: Any, u: Units) -> Array:
     return n
 
 
-def hajek_mean(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
+@positional_arrays("y", "sample", "pi", renamed={"mask": "sample"})
+def hajek_mean(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     r"""Hájek (self-normalized) estimator of the population mean.
 
     Parameters
     ----------
-    y, mask, pi, axis
+    y, sample, pi, axis
         As in :func:`ht_total`.
 
     Returns
@@ -212,7 +260,7 @@ def hajek_mean(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     ...                      np.array([0.5, 0.5, 1.0])))
     1.6666666666666667
     """
-    u, _, w = _prepare(y, mask, pi, axis)
+    u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
     nhat = xp.sum(w, axis=-1)
     if bool(xp.any(nhat <= 0)):
@@ -223,8 +271,9 @@ def hajek_mean(y: Array, mask: Array, pi: Array, *, axis: int = -1) -> Array:
     return u.restore(xp.sum(w[..., None] * u.y, axis=-2) / nhat[..., None])
 
 
+@positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})
 def hajek_total(
-    y: Array, mask: Array, pi: Array, population_size: Any, *, axis: int = -1
+    y: Array, sample: Array, pi: Array, population_size: Any, /, *, axis: int = -1
 ) -> Array:
     r"""Hájek estimator of the total with known :math:`N`: :math:`N\, \bar y_H`.
 
@@ -237,8 +286,8 @@ def hajek_total(
     >>> nat.hajek_total(np.array([1.0, 3.0]), np.array([True, True]), np.array([0.5, 1.0]), 2)
     np.float64(3.3333333333333335)
     """
-    u, _, _ = _prepare(y, mask, pi, axis)
+    u, _, _ = _prepare(y, sample, pi, axis)
     xp = u.xp
     n = _population(xp, population_size, u)
-    m = hajek_mean(y, mask, pi, axis=axis)
+    m = hajek_mean(y, sample, pi, axis=axis)
     return m * xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))

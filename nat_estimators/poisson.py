@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask, trusted
 from ._compat import Array, device_of, float64_or_best, is_array, namespace
+from ._deprecation import deprecated
 from ._design import Design
-from ._validation import check_bool_mask, check_scalar_or_row_array
+from ._validation import check_bool_mask, check_scalar_or_row_array, prepare_pi_and_mask, trusted
 from .inclusion import inclusion_probabilities
 
 __all__ = ["Poisson"]
@@ -65,12 +65,13 @@ class Poisson(Design):
 
     # -------------------------------------------------------------- constructors
     @classmethod
-    def uniform(cls, p: Any, *, mask: Array) -> Poisson:
-        r"""Uniform Random Sampling: every eligible token kept independently with probability ``p``.
+    def from_fraction(cls, keep: Any, *, mask: Array) -> Poisson:
+        r"""Uniform Random Sampling: each eligible token kept independently, with probability
+        ``keep``.
 
         Parameters
         ----------
-        p : float or array of shape (...)
+        keep : float or array of shape (...)
             Keep fraction in :math:`(0, 1]`, scalar or one per row.
         mask : array of bool, shape (..., N)
             Eligible positions (e.g. the response mask).
@@ -79,27 +80,35 @@ class Poisson(Design):
         --------
         >>> import numpy as np
         >>> import nat_estimators as nat
-        >>> d = nat.Poisson.uniform(0.5, mask=np.array([True, True, False, True]))
+        >>> d = nat.Poisson.from_fraction(0.5, mask=np.array([True, True, False, True]))
         >>> d.inclusion_probabilities()
         array([0.5, 0.5, 0. , 0.5])
         """
-        xp = namespace(mask, p if not isinstance(p, (int, float)) else None)
+        xp = namespace(mask, keep if not isinstance(keep, (int, float)) else None)
         mask = check_bool_mask(xp, mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
-        p = check_scalar_or_row_array(xp, p, "p", tuple(mask.shape[:-1]))
-        if is_array(p) and device_of(p) != device_of(mask):
-            raise ValueError(f"p is on device {device_of(p)} but mask is on {device_of(mask)}")
+        keep = check_scalar_or_row_array(xp, keep, "keep", tuple(mask.shape[:-1]))
+        if is_array(keep) and device_of(keep) != device_of(mask):
+            raise ValueError(
+                f"keep is on device {device_of(keep)} but mask is on {device_of(mask)}"
+            )
         dtype = float64_or_best(xp, mask.device)
-        p_arr = xp.asarray(p, dtype=dtype, device=mask.device)
+        p_arr = xp.asarray(keep, dtype=dtype, device=mask.device)
         if bool(xp.any(~((p_arr > 0) & (p_arr <= 1)))):
-            raise ValueError("p (the keep fraction) must lie in (0, 1]")
+            raise ValueError("keep (the keep fraction) must lie in (0, 1]")
         if p_arr.ndim:
             p_arr = p_arr[..., None]
         pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=mask.device) * p_arr,
                       xp.zeros(mask.shape, dtype=dtype, device=mask.device))
-        # pi is valid by construction (p checked above): skip re-validation
+        # pi is valid by construction (keep checked above): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
+
+    @classmethod
+    def uniform(cls, p: Any, *, mask: Array) -> Poisson:
+        """Deprecated alias of :meth:`~nat_estimators.Poisson.from_fraction`."""
+        deprecated("Poisson.uniform(p, mask=...)", "Poisson.from_fraction(keep, mask=...)")
+        return cls.from_fraction(p, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Poisson:

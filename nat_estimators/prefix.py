@@ -16,7 +16,7 @@ Sampling uses one uniform per row: keep :math:`k` iff :math:`u < \pi_k`
 (:math:`P(u < \pi_k) = \pi_k`, and the kept set is a prefix because :math:`\pi` is
 non-increasing).  Unbiasedness of the Horvitz–Thompson estimator needs :math:`\pi_N > 0`: the whole
 row must be kept with positive probability, and the last tokens carry the largest weight
-:math:`1/\pi_N` — :meth:`Prefix.from_budget` bounds it with a full-keep atom.
+:math:`1/\pi_N` — :meth:`Prefix.from_fraction` bounds it with a full-keep atom.
 """
 
 from __future__ import annotations
@@ -24,10 +24,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import eligible_rank, prepare_pi_and_mask, resolve_mask, trusted
 from ._compat import Array, device_of, float64_or_best, gather_last, namespace
+from ._deprecation import deprecated
 from ._design import Design
-from ._validation import check_bool_mask, check_float_array, check_fraction
+from ._validation import (
+    check_bool_mask,
+    check_float_array,
+    check_fraction,
+    eligible_rank,
+    prepare_pi_and_mask,
+    resolve_mask,
+    trusted,
+)
 
 __all__ = ["Prefix"]
 
@@ -143,7 +151,7 @@ class Prefix(Design):
         return trusted(cls, pi=pi, mask=mask)
 
     @classmethod
-    def from_budget(
+    def from_fraction(
         cls,
         keep: float,
         *,
@@ -202,7 +210,7 @@ class Prefix(Design):
         --------
         >>> import numpy as np
         >>> import nat_estimators as nat
-        >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((2, 100), dtype=bool), full_keep=0.1)
+        >>> d = nat.Prefix.from_fraction(0.5, mask=np.ones((2, 100), dtype=bool), full_keep=0.1)
         >>> np.round(d.expected_size(), 12)
         array([50., 50.])
         >>> d.max_weight()
@@ -247,6 +255,12 @@ class Prefix(Design):
         pi = xp.where(mask, pi, xp.zeros_like(pi))
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
+
+    @classmethod
+    def from_budget(cls, keep: float, *, mask: Array, **options: Any) -> Prefix:
+        """Deprecated alias of :meth:`~nat_estimators.Prefix.from_fraction` (same options)."""
+        deprecated("Prefix.from_budget(keep, mask=...)", "Prefix.from_fraction(keep, mask=...)")
+        return cls.from_fraction(keep, mask=mask, **options)
 
     # -------------------------------------------------------------- contract
     @property

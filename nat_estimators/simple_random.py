@@ -15,10 +15,9 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import resolve_mask
 from ._compat import Array, float64_or_best, gather_last, is_array, namespace, sort_last
 from ._design import Design
-from ._validation import check_bool_mask, check_scalar_or_row_array
+from ._validation import check_bool_mask, check_scalar_or_row_array, resolve_mask
 
 __all__ = ["SimpleRandom"]
 

@@ -36,9 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._common import prepare_pi_and_mask, trusted
 from ._compat import Array, float64_or_best
+from ._deprecation import deprecated
 from ._design import Design
+from ._validation import prepare_pi_and_mask, trusted
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
 
@@ -83,7 +84,7 @@ class Systematic(Design):
         object.__setattr__(self, "mask", mask)
 
     @classmethod
-    def uniform(cls, keep: Any, *, mask: Array) -> Systematic:
+    def from_fraction(cls, keep: Any, *, mask: Array) -> Systematic:
         r"""Equal probabilities :math:`\pi_k = \kappa` ("every :math:`1/\kappa`-th token").
 
         The size is :math:`\lfloor \kappa N_i \rfloor` or :math:`\lceil \kappa N_i \rceil`.
@@ -92,12 +93,18 @@ class Systematic(Design):
         --------
         >>> import numpy as np
         >>> import nat_estimators as nat
-        >>> d = nat.Systematic.uniform(0.25, mask=np.ones(8, dtype=bool))
+        >>> d = nat.Systematic.from_fraction(0.25, mask=np.ones(8, dtype=bool))
         >>> d.sample(np.array(0.1))
         array([ True, False, False, False,  True, False, False, False])
         """
-        p = Poisson.uniform(keep, mask=mask)
+        p = Poisson.from_fraction(keep, mask=mask)
         return trusted(cls, pi=p.pi, mask=p.mask)
+
+    @classmethod
+    def uniform(cls, keep: Any, *, mask: Array) -> Systematic:
+        """Deprecated alias of :meth:`~nat_estimators.Systematic.from_fraction`."""
+        deprecated("Systematic.uniform(keep, mask=...)", "Systematic.from_fraction(keep, mask=...)")
+        return cls.from_fraction(keep, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Systematic:

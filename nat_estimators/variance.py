@@ -1,6 +1,6 @@
 r"""Variance of the Horvitz–Thompson total: exact design variance and one-sample estimators.
 
-Notation (DESIGN.md §1): :math:`\Delta_{kl} = \pi_{kl} - \pi_k\pi_l`, :math:`\check y_k =
+Notation (:doc:`/theory/notation`): :math:`\Delta_{kl} = \pi_{kl} - \pi_k\pi_l`, :math:`\check y_k =
 y_k/\pi_k`, :math:`\check\Delta_{kl} = \Delta_{kl}/\pi_{kl}`.
 
 Exact variance (Horvitz & Thompson 1952; Särndal, Swensson & Wretman 1992, result 2.8.1):
@@ -32,13 +32,27 @@ prefix cutting and systematic sampling by summing over their small support (:mat
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last, is_torch_namespace
+from ._compat import Array, float64_or_best, gather_last
+from ._deprecation import positional_arrays
 from ._design import Design
-from ._units import Units, align_units, quiet_float_errors
-from ._validation import check_bool_mask
+from ._units import quiet_float_errors
+from ._variance_engine import (
+    BiasedVarianceEstimateWarning,
+    _check_sample,
+    _est_dense,
+    _est_successive,
+    _lin,
+    _outer,
+    _per_row,
+    _prefix_cut_weights,
+    _quad,
+    _Rows,
+    _rows,
+    _scan_sq,
+    _var_dense,
+    _weights,
+)
 from .poisson import Poisson
 from .prefix import Prefix
 from .simple_random import SimpleRandom
@@ -46,191 +60,9 @@ from .systematic import Systematic
 
 __all__ = [
     "BiasedVarianceEstimateWarning",
-    "DesignSummary",
-    "design_summary",
     "design_variance",
     "variance_estimate",
 ]
-
-
-class BiasedVarianceEstimateWarning(UserWarning):
-    r"""A variance estimate is returned although it is biased for this design.
-
-    Raised as a warning when the design has pairs of units with :math:`\pi_{kl} = 0` (e.g.
-    systematic sampling; simple random sampling of one unit): the Horvitz–Thompson and
-    Sen–Yates–Grundy variance estimators then miss those pairs' contributions and are biased.
-    Use ``method="successive_differences"`` for systematic samples of smooth signals, or a design
-    with all :math:`\pi_{kl} > 0`.
-
-    Examples
-    --------
-    >>> import warnings
-    >>> import numpy as np
-    >>> import nat_estimators as nat
-    >>> d = nat.Systematic(np.array([0.5, 0.5, 0.5, 0.5]))
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     v = nat.variance_estimate(np.arange(4.0), d.sample(np.array(0.25)), d)
-    >>> caught[0].category is nat.BiasedVarianceEstimateWarning
-    True
-    """
-
-
-# ---------------------------------------------------------------------------- engine
-# The fast paths work on rows flattened to (R, N, q) and process them in chunks of rows small
-# enough for the temporaries to stay in cache; every reduction over the unit axis is a matmul.
-_CHUNK_ELEMENTS = 1 << 19  # elements of y per chunk of rows (2 MiB of float32)
-_SCAN_BLOCK = 16  # block length of the blocked prefix-sum in _scan_sq
-
-
-def _chunks(n_rows: int, per_row: int, scale: int = 1) -> list[slice]:
-    step = max(1, (_CHUNK_ELEMENTS * scale) // max(per_row, 1))
-    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)] or [slice(0, 0)]
-
-
-def _quad(xp: Any, d: Array, p: Array, cov: bool) -> Array:
-    """``sum_j p_j d_j * d_j`` -> (R, q), or ``sum_j p_j d_j d_j^T`` -> (R, q, q).
-
-    ``d`` is (R, M, q), ``p`` is (R, M).
-    """
-    if cov:
-        return xp.matmul(xp.matrix_transpose(d * p[..., None]), d)
-    return xp.matmul(p[..., None, :], d * d)[..., 0, :]
-
-
-def _lin(xp: Any, y: Array, c: Array) -> Array:
-    """``sum_k c_k y_k`` -> (R, q) for ``y`` (R, N, q) and ``c`` (R, N)."""
-    return xp.matmul(c[..., None, :], y)[..., 0, :]
-
-
-def _outer(xp: Any, a: Array, cov: bool) -> Array:
-    """(R, q) -> ``a * a`` (R, q) or ``a a^T`` (R, q, q)."""
-    if cov:
-        return a[..., :, None] * a[..., None, :]
-    return a * a
-
-
-def _per_row(x: Array, cov: bool) -> Array:
-    """Broadcast a per-row (R,) factor against (R, q) or (R, q, q) results."""
-    return x[..., None, None] if cov else x[..., None]
-
-
-def _scan_sq(xp: Any, y: Array, w: Array | None, p: Array, c0: Array, cov: bool) -> Array:
-    r"""``sum_j p_j d_j d_j`` (or outer) with ``d_j = c0 + sum_{i <= j} w_i y_i`` along axis 1.
-
-    ``y`` (R, N, q); ``w`` (R, N) or None (then the increments are ``y`` itself); ``p`` (R, N);
-    ``c0`` (R, q).  A blocked prefix sum: the array API's ``cumulative_sum`` is a sequential scan
-    (slow on CPU), so the positions are split into blocks of ``_SCAN_BLOCK``, the block totals are
-    scanned (``N / _SCAN_BLOCK`` elements) and the positions inside the blocks are swept one offset
-    at a time, each step vectorised over all blocks.  O(N q) time, O(N q) memory.
-    """
-    n_rows, n, q = y.shape
-    s = _SCAN_BLOCK
-    nblk = n // s if n >= 4 * s else 0
-    acc = None
-    end = c0
-    if nblk:
-        n0 = nblk * s
-        y4 = xp.reshape(y[:, :n0, :], (n_rows, nblk, s, q))
-        # per-offset weights as contiguous (n_rows, nblk) rows (a strided operand would push
-        # numpy's matmul off BLAS): offset-major copies of the small (R, N) arrays
-        p3 = xp.reshape(xp.permute_dims(xp.reshape(p[:, :n0], (n_rows, nblk, s)), (0, 2, 1)),
-                        (n_rows, s * nblk))
-        if w is None:
-            xs = [y4[:, :, i, :] for i in range(s)]
-        else:
-            w3 = xp.reshape(xp.permute_dims(xp.reshape(w[:, :n0], (n_rows, nblk, s)), (0, 2, 1)),
-                            (n_rows, s * nblk))
-            xs = [w3[:, i * nblk : (i + 1) * nblk, None] * y4[:, :, i, :] for i in range(s)]
-        bsum = xs[0]
-        for x in xs[1:]:
-            bsum = bsum + x
-        cb = xp.cumulative_sum(bsum, axis=1)
-        cur = c0[:, None, :] + (cb - bsum)  # d just before each block
-        for i, x in enumerate(xs):
-            cur = cur + x
-            t = _quad(xp, cur, p3[:, i * nblk : (i + 1) * nblk], cov)
-            acc = t if acc is None else acc + t
-        end = c0 + cb[:, -1, :]
-    if nblk * s < n:
-        yt = y[:, nblk * s :, :]
-        xt = yt if w is None else w[:, nblk * s :, None] * yt
-        d = end[:, None, :] + xp.cumulative_sum(xt, axis=1)
-        t = _quad(xp, d, p[:, nblk * s :], cov)
-        acc = t if acc is None else acc + t
-    assert acc is not None
-    return acc
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """A call's arrays with the row axes flattened: y (R, N, q), per-unit (R, N), per-row (R,)."""
-
-    xp: Any
-    y: Array
-    pi: Array
-    mask: Array
-    units: Units
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.y.shape[0])
-
-    def flat(self, a: Array) -> Array:
-        """(*batch, ...) -> (R, ...)."""
-        nb = len(self.units.batch_shape)
-        return self.xp.reshape(a, (self.n_rows, *a.shape[nb:]))
-
-    def run(self, fn: Any, y: Array, *per_unit: Array) -> Array:
-        """``fn(y_chunk, *per_unit_chunks)`` over chunks of rows, concatenated."""
-        xp = self.xp
-        per_row = int(y.shape[1]) * int(y.shape[2])
-        # torch pays more per operation than numpy: larger chunks (measured on CPU)
-        scale = 2 if is_torch_namespace(xp) else 1
-        outs = [fn(y[sl, ...], *(a[sl, ...] for a in per_unit))
-                for sl in _chunks(self.n_rows, per_row, scale)]
-        return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
-
-    def restore(self, r: Array, cov: bool) -> Array:
-        u = self.units
-        return u.restore_cov(r) if cov else u.restore(r)
-
-
-def _rows(y: Array, design: Design, axis: int, extra: tuple[Array, ...] = ()) -> _Rows:
-    if not isinstance(design, Design):
-        raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
-    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask)
-    xp = u.xp
-    pi = design.inclusion_probabilities()
-    dt = xp.result_type(u.y.dtype, pi.dtype)
-    n_rows = 1
-    for b in u.batch_shape:
-        n_rows *= int(b)
-    n, q = int(u.y.shape[-2]), int(u.y.shape[-1])
-    yf = xp.reshape(xp.astype(u.y, dt, copy=False), (n_rows, n, q))
-    pif = xp.reshape(xp.astype(pi, dt, copy=False), (n_rows, n))
-    mf = xp.reshape(design.mask, (n_rows, n))
-    return _Rows(xp=xp, y=yf, pi=pif, mask=mf, units=u)
-
-
-def _weights(xp: Any, pi: Array, sel: Array) -> Array:
-    """``sel / pi`` (0 where not ``sel``)."""
-    return xp.where(sel, 1 / xp.where(sel, pi, xp.ones_like(pi)), xp.zeros_like(pi))
-
-
-def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
-    r"""Per-position weights ``pi_k - pi_{k+1}`` (``pi_{N+1} = 0``) and ``P(L = 0) = 1 - pi_1``.
-
-    ``pi`` (R, N) is the survival function :math:`P(L \ge k)` at eligible positions and 0
-    elsewhere.  At an eligible position followed by another eligible one the weight is the cut
-    probability :math:`P(L = \mathrm{rank}_k)`; across a run of ineligible positions it splits
-    into :math:`\pi_k` and :math:`-\pi_{\mathrm{next}}` (and a leading run carries
-    :math:`-\pi_{\mathrm{first}}`).  Summed against a quantity that is constant over such a
-    run — a prefix sum of increments that vanish at ineligible positions — the split parts add
-    up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
-    """
-    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
-    return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
 
 
 # ---------------------------------------------------------------------------- exact variance
@@ -323,43 +155,11 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     return r.run(chunk, y, w, w0, m, order, lengths)
 
 
-#: Largest dense (rows x N x N) joint-probability array the dense paths will build.
-_DENSE_LIMIT = 2**27
-
-
-def _check_dense_size(r: _Rows, design: Design, what: str) -> None:
-    n = int(r.y.shape[1])
-    size = r.n_rows * n * n
-    if size > _DENSE_LIMIT:
-        gib = size * 8 / 2**30
-        hint = (" For systematic samples use method='successive_differences' (O(N))."
-                if isinstance(design, Systematic) else "")
-        raise ValueError(
-            f"{what} for {type(design).__name__} needs the dense {r.n_rows} x {n} x {n} joint "
-            f"inclusion probabilities (~{gib:.1f} GiB in float64), above the "
-            f"{_DENSE_LIMIT:,}-entry limit of the dense path; split the batch into fewer rows "
-            f"or shorter rows.{hint}"
-        )
-
-
-def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
-    xp = r.xp
-    n = int(y.shape[1])
-    _check_dense_size(r, design, "the dense design variance")
-    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), r.pi.dtype),
-                    (r.n_rows, n, n))
-    delta = p2 - r.pi[:, :, None] * r.pi[:, None, :]
-    w = _weights(xp, r.pi, r.mask)
-    ycheck = w[:, :, None] * y
-    dy = xp.matmul(delta, ycheck)  # (R, N, q)
-    if cov:
-        return xp.matmul(xp.matrix_transpose(ycheck), dy)
-    return xp.sum(ycheck * dy, axis=-2)
-
-
+@positional_arrays("y", "design")
 def design_variance(
     y: Array,
     design: Design,
+    /,
     *,
     axis: int = -1,
     covariance: bool = False,
@@ -415,7 +215,7 @@ def design_variance(
     >>> import numpy as np
     >>> import nat_estimators as nat
     >>> y = np.array([1.0, 2.0, 3.0, 4.0])
-    >>> float(nat.design_variance(y, nat.Poisson.uniform(0.5, mask=np.ones(4, dtype=bool))))
+    >>> float(nat.design_variance(y, nat.Poisson.from_fraction(0.5, mask=np.ones(4, dtype=bool))))
     30.0
     >>> d = nat.Prefix(np.array([1.0, 0.75, 0.5, 0.25]))
     >>> bool(np.isclose(nat.design_variance(y, d), nat.design_variance(y, d, method="dense")))
@@ -458,17 +258,6 @@ def design_variance(
 # ---------------------------------------------------------------------------- estimators
 _METHODS = ("ht", "syg", "successive_differences")
 _ESTIMATORS = ("ht", "hajek")
-
-
-def _check_sample(xp: Any, mask: Array, design: Design) -> Array:
-    check_bool_mask(xp, mask, "mask", shape=tuple(design.mask.shape))
-    if bool(xp.any(mask & ~design.mask)):
-        raise ValueError(
-            "mask (the sample) selects units that are not eligible in the design; it must be a "
-            "subset of design.mask — pass a sample drawn from this design"
-        )
-    return mask
-
 
 def _est_poisson(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     # v_HT = sum_{k in S} (1 - pi_k) ycheck_k^2   (Delta-check_kk = 1 - pi_k, 0 off the diagonal)
@@ -537,69 +326,12 @@ def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Arra
 
     return r.run(chunk, y, w, p_pos, p0)
 
-
-def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: bool) -> Array:
-    xp = r.xp
-    dt = r.pi.dtype
-    n = int(y.shape[1])
-    _check_dense_size(r, design, f"variance_estimate(method={method!r})")
-    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
-    pi = r.pi
-    both = s[:, :, None] & s[:, None, :]
-    elig = r.mask[:, :, None] & r.mask[:, None, :]
-    if bool(xp.any(elig & (p2 <= 0))):
-        warnings.warn(
-            f"{type(design).__name__} has pairs of eligible units with joint inclusion probability "
-            "0, which no sample ever contains: the variance estimate misses their contribution "
-            "and is biased. For systematic samples of smooth signals use "
-            "method='successive_differences'.",
-            BiasedVarianceEstimateWarning,
-            stacklevel=3,
-        )
-    safe = xp.where(both, p2, xp.ones_like(p2))
-    dchk = xp.where(both, (p2 - pi[:, :, None] * pi[:, None, :]) / safe, xp.zeros_like(p2))
-    a = _weights(xp, pi, s)[:, :, None] * y
-    quad = xp.matmul(dchk, a)
-    if method == "syg":
-        # -1/2 sum dchk (a_k - a_l)^2 = -(sum_k rowsum_k a_k^2 - a^T dchk a)
-        rows = xp.sum(dchk, axis=-1)
-        if cov:
-            return -(_quad(xp, a, rows, True) - xp.matmul(xp.matrix_transpose(a), quad))
-        return -(xp.sum(rows[:, :, None] * a * a, axis=-2) - xp.sum(a * quad, axis=-2))
-    if cov:
-        return xp.matmul(xp.matrix_transpose(a), quad)
-    return xp.sum(a * quad, axis=-2)
-
-
-def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
-    # v_SD = (1 - f) n / (2 (n - 1)) sum_{j=2}^{n} (a_(j) - a_(j-1))^2 over the sampled units in
-    # position order, f = n / N (Wolter 2007, Introduction to Variance Estimation, 2nd ed.,
-    # section 8.2, estimator v_2, written for the total: a = y / pi).
-    xp = r.xp
-    dt = r.pi.dtype
-    n = xp.sum(xp.astype(s, xp.int64), axis=-1)
-    if bool(xp.any(n < 2)):
-        raise ValueError(
-            "mask: the successive-differences estimator needs at least 2 sampled units in every "
-            "row (some row has fewer)"
-        )
-    a = _weights(xp, r.pi, s)[:, :, None] * y
-    order = xp.argsort(xp.astype(~s, xp.int8), axis=-1, stable=True)
-    q = int(a.shape[-1])
-    ac = xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], (*order.shape, q)), axis=-2)
-    diff = ac[:, 1:, :] - ac[:, :-1, :]
-    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=a.device)
-    valid = xp.astype(k < n[:, None], dt)
-    nf = xp.astype(n, dt)
-    cnt = xp.astype(xp.sum(xp.astype(r.mask, xp.int64), axis=-1), dt)
-    f = (1 - nf / cnt) * nf / (2 * (nf - 1))
-    return _quad(xp, diff, valid, cov) * _per_row(f, cov)
-
-
+@positional_arrays("y", "sample", "design", renamed={"mask": "sample"})
 def variance_estimate(
     y: Array,
-    mask: Array,
+    sample: Array,
     design: Design,
+    /,
     *,
     method: str = "ht",
     estimator: str = "ht",
@@ -612,10 +344,10 @@ def variance_estimate(
     ----------
     y : array, shape (..., N, *V)
         Values; only sampled units are read (others may be NaN or Inf).
-    mask : array of bool, shape (..., N)
-        The sample :math:`S`; must be a subset of ``design.mask``.
+    sample : array of bool, shape (..., N)
+        The sample :math:`S`; must be a subset of ``design.mask`` (the eligible units).
     design : Design
-        The design that drew ``mask``.
+        The design that drew ``sample``.
     method : {"ht", "syg", "successive_differences"}
         ``"ht"``: :math:`v_{HT} = \sum_{k,l \in S} \check\Delta_{kl}\check y_k\check y_l`.
         ``"syg"``: :math:`v_{SYG} = -\frac12\sum_{k,l\in S}\check\Delta_{kl}(\check y_k -
@@ -650,7 +382,7 @@ def variance_estimate(
     ------
     ValueError
         Unknown ``method``/``estimator``; ``"syg"`` on a random-size design (Poisson, Prefix,
-        Systematic with a non-integer :math:`\sum\pi`); ``mask`` not a subset of the design's
+        Systematic with a non-integer :math:`\sum\pi`); ``sample`` not a subset of the design's
         eligible units; an empty sample with ``estimator="hajek"``; fewer than 2 sampled units
         with ``"successive_differences"``; NaN/Inf in ``y`` at a sampled unit.
 
@@ -682,9 +414,9 @@ def variance_estimate(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    r = _rows(y, design, axis, (mask,))
+    r = _rows(y, design, axis, (sample,))
     xp = r.xp
-    s = xp.reshape(_check_sample(xp, mask, design), (r.n_rows, -1))
+    s = xp.reshape(_check_sample(xp, sample, design), (r.n_rows, -1))
     if method == "syg" and not design.has_fixed_size():
         raise ValueError(
             f"method='syg' needs a fixed-size design; this {type(design).__name__} design has a "
@@ -700,7 +432,7 @@ def variance_estimate(
         if bool(xp.any(nhat <= 0)):
             raise ValueError(
                 "the Hájek mean (hence its variance) is undefined for an empty sample; a row of "
-                "mask has no sampled units"
+                "sample has no sampled units"
             )
         ybar = _lin(xp, yv, w) / nhat[:, None]
         yv = xp.where(s[:, :, None], (yv - ybar[:, None, :]) / nhat[:, None, None], zero)
@@ -716,84 +448,3 @@ def variance_estimate(
     else:
         out = _est_dense(r, yv, s, design, method, cov)
     return r.restore(out, cov)
-
-
-# ---------------------------------------------------------------------------- summaries
-@dataclass(frozen=True)
-class DesignSummary:
-    r"""What a design costs and buys, per row.
-
-    Attributes
-    ----------
-    expected_size : array (...)
-        :math:`E|S|`.
-    keep_fraction : array (...)
-        :math:`E|S| / N_i` (0 for empty rows).
-    max_weight : array (...)
-        Largest HT weight :math:`\max_k 1/\pi_k`.
-    variance : array (..., *V) or None
-        :math:`V(\hat Y)` per component (given ``y``).
-    relative_variance : array (...) or None
-        :math:`\sum_c V_c / \lVert Y \rVert^2`: squared coefficient of variation of the
-        estimated total (gradient) relative to the full-token answer :math:`Y`; ``inf`` when
-        :math:`Y = 0` but :math:`V > 0`, 0 when :math:`V = 0`.
-    variance_inflation : array (...) or None
-        :math:`\sum_c V_c / \sum_k \lVert y_k\rVert^2`: design variance per unit of per-token
-        energy; equals :math:`1/p - 1` for uniform Poisson sampling at keep rate :math:`p` (0 for
-        an all-zero ``y``).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import nat_estimators as nat
-    >>> d = nat.Prefix.from_budget(0.5, mask=np.ones((1, 8), dtype=bool), full_keep=0.25)
-    >>> s = nat.design_summary(d, np.ones((1, 8)))
-    >>> float(s.keep_fraction[0]), float(s.max_weight[0])
-    (0.5, 4.0)
-    """
-
-    expected_size: Array
-    keep_fraction: Array
-    max_weight: Array
-    variance: Array | None = None
-    relative_variance: Array | None = None
-    variance_inflation: Array | None = None
-
-
-def _ratio(xp: Any, num: Array, den: Array) -> Array:
-    """num / den for den > 0; else inf where num > 0 and 0 where num == 0 (never NaN)."""
-    safe = xp.where(den > 0, den, xp.ones_like(den))
-    inf = xp.full(num.shape, float("inf"), dtype=num.dtype, device=num.device)
-    return xp.where(den > 0, num / safe, xp.where(num > 0, inf, xp.zeros_like(num)))
-
-
-def design_summary(design: Design, y: Array | None = None, *, axis: int = -1) -> DesignSummary:
-    r"""Budget and variance summary of a design (see :class:`DesignSummary`).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import nat_estimators as nat
-    >>> d = nat.Poisson.uniform(0.5, mask=np.ones(4, dtype=bool))
-    >>> s = nat.design_summary(d, np.array([1.0, 2.0, 3.0, 4.0]))
-    >>> float(s.keep_fraction), float(s.max_weight), float(s.variance_inflation)
-    (0.5, 2.0, 1.0)
-    """
-    xp = design.xp
-    es = design.expected_size()
-    cnt = xp.astype(design.eligible_count(), es.dtype)
-    kf = xp.where(cnt > 0, es / xp.where(cnt > 0, cnt, xp.ones_like(cnt)), xp.zeros_like(cnt))
-    mw = design.max_weight()
-    if y is None:
-        return DesignSummary(expected_size=es, keep_fraction=kf, max_weight=mw)
-    var = design_variance(y, design, axis=axis)
-    r = _rows(y, design, axis)
-    yv = xp.where(r.mask[:, :, None], r.y, xp.zeros_like(r.y))
-    vsum = xp.sum(xp.reshape(var, (r.n_rows, -1)), axis=-1)
-    tot = xp.sum(yv, axis=-2)
-    y2 = xp.sum(tot * tot, axis=-1)
-    e2 = xp.sum(xp.sum(yv * yv, axis=-1), axis=-1)
-    bshape = r.units.batch_shape
-    rel = xp.reshape(_ratio(xp, vsum, y2), bshape)
-    infl = xp.reshape(_ratio(xp, vsum, e2), bshape)
-    return DesignSummary(es, kf, mw, var, rel, infl)

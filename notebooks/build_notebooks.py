@@ -84,18 +84,18 @@ Each keeps half of each row's eligible tokens on average:
 * `Poisson.uniform` — every token independently with probability 1/2 (the NAT paper's URS);
 * `SimpleRandom.from_fraction` — exactly half of each row, uniformly at random;
 * `Systematic.uniform` — every second token from a random start (Madow's systematic sampling);
-* `Prefix.from_budget` — a random prefix of each row (the paper's random prefix cutting), with a
+* `Prefix.from_fraction` — a random prefix of each row (the paper's random prefix cutting), with a
   full-keep atom `full_keep` so that every token has $\pi_k \ge$ `full_keep`.
 """),
     code(r"""
 def make_design(name, m):
     if name == "Poisson (URS)":
-        return nat.Poisson.uniform(0.5, mask=m)
+        return nat.Poisson.from_fraction(0.5, mask=m)
     if name == "simple random":
         return nat.SimpleRandom.from_fraction(0.5, mask=m)
     if name == "systematic":
-        return nat.Systematic.uniform(0.5, mask=m)
-    return nat.Prefix.from_budget(0.5, mask=m, full_keep=0.1)
+        return nat.Systematic.from_fraction(0.5, mask=m)
+    return nat.Prefix.from_fraction(0.5, mask=m, full_keep=0.1)
 
 names = ["Poisson (URS)", "simple random", "systematic", "prefix"]
 designs = {name: make_design(name, mask) for name in names}
@@ -269,7 +269,7 @@ fig.tight_layout()
     md(r"""
 ## Relative variance against the budget
 
-`design_summary(design, y)` returns, per row, the expected size, the keep fraction, the largest
+`design_summary(y, design)` returns, per row, the expected size, the keep fraction, the largest
 HT weight, the exact variance and the **relative variance**
 $\sum_c V_c(\hat Y)/\lVert Y\rVert^2$ (0 for full-token training).
 """),
@@ -278,17 +278,17 @@ def make(name, keep, mask, y):
     norms = np.linalg.norm(y, axis=-1) + 1e-3
     count = mask.sum(-1).astype(float)
     if name == "Poisson (URS)":
-        return nat.Poisson.uniform(keep, mask=mask)
+        return nat.Poisson.from_fraction(keep, mask=mask)
     if name == "simple random":
         return nat.SimpleRandom.from_fraction(keep, mask=mask)
     if name == "systematic":
-        return nat.Systematic.uniform(keep, mask=mask)
+        return nat.Systematic.from_fraction(keep, mask=mask)
     if name == "systematic, pi ~ |g|":
         return nat.Systematic.proportional(norms, keep * count, mask=mask)
     if name == "Poisson, pi ~ |g|":
         return nat.Poisson.proportional(norms, keep * count, mask=mask)
     if name == "prefix":
-        return nat.Prefix.from_budget(keep, mask=mask, full_keep=min(0.05, keep / 2))
+        return nat.Prefix.from_fraction(keep, mask=mask, full_keep=min(0.05, keep / 2))
     raise KeyError(name)
 
 names = ["Poisson (URS)", "simple random", "systematic", "Poisson, pi ~ |g|",
@@ -297,7 +297,7 @@ rel = {n: [] for n in names}
 maxw = {n: [] for n in names}
 for keep in budgets:
     for n in names:
-        s = nat.design_summary(make(n, keep, mask, y), y, axis=1)
+        s = nat.design_summary(y, make(n, keep, mask, y), axis=1)
         rel[n].append(float(np.sum(s.variance) / np.sum(y.sum(1) ** 2)))
         maxw[n].append(float(s.max_weight.max()))
 
@@ -341,9 +341,9 @@ keep = 0.25
 ratio = []
 for rho in rhos:
     yy, mm = ar_profile(rho)
-    v_urs = np.sum(nat.design_variance(yy, nat.Poisson.uniform(keep, mask=mm), axis=1))
+    v_urs = np.sum(nat.design_variance(yy, nat.Poisson.from_fraction(keep, mask=mm), axis=1))
     v_srs = np.sum(nat.design_variance(yy, nat.SimpleRandom.from_fraction(keep, mask=mm), axis=1))
-    v_sys = np.sum(nat.design_variance(yy, nat.Systematic.uniform(keep, mask=mm), axis=1))
+    v_sys = np.sum(nat.design_variance(yy, nat.Systematic.from_fraction(keep, mask=mm), axis=1))
     ratio.append((v_srs / v_urs, v_sys / v_urs))
     print(f"rho={rho:4.2f}:  SRS / URS = {v_srs / v_urs:.3f}   "
           f"systematic / URS = {v_sys / v_urs:.3f}")
@@ -351,11 +351,11 @@ for rho in rhos:
     md(r"""
 ## Prefix cutting: the full-keep atom and the minimum prefix
 
-`Prefix.from_budget(keep, full_keep=a, min_keep=mu)`: `a` floors $\pi$ (every weight
+`Prefix.from_fraction(keep, full_keep=a, min_keep=mu)`: `a` floors $\pi$ (every weight
 $\le 1/a$, each row kept whole with probability $\ge a$) and `mu` keeps the first fraction of
 each row for sure. On this profile a larger `a` lowers both the largest weight and the variance
 at small budgets, but it spends budget on the tail of every row: a feasible `keep` must exceed
-what `a` and `mu` already cost (`from_budget` raises and names the smallest feasible value).
+what `a` and `mu` already cost (`from_fraction` raises and names the smallest feasible value).
 """),
     code(r"""
 fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -363,10 +363,10 @@ for a in [0.01, 0.05, 0.1, 0.2]:
     xs, vs = [], []
     for keep in budgets:
         try:
-            d = nat.Prefix.from_budget(keep, mask=mask, full_keep=a)
+            d = nat.Prefix.from_fraction(keep, mask=mask, full_keep=a)
         except ValueError:                 # keep below what full_keep already costs
             continue
-        s = nat.design_summary(d, y, axis=1)
+        s = nat.design_summary(y, d, axis=1)
         xs.append(keep)
         vs.append(float(np.sum(s.variance) / np.sum(y.sum(1) ** 2)))
     ax.plot(xs, vs, marker="o", label=f"full_keep={a}")
@@ -376,13 +376,13 @@ fig.tight_layout()
 """),
     code(r"""
 for mu in [0.0, 0.1, 0.2, 0.3]:
-    s = nat.design_summary(nat.Prefix.from_budget(0.5, mask=mask, full_keep=0.05, min_keep=mu),
-                           y, axis=1)
+    d = nat.Prefix.from_fraction(0.5, mask=mask, full_keep=0.05, min_keep=mu)
+    s = nat.design_summary(y, d, axis=1)
     print(f"min_keep={mu:.1f}: relative variance "
           f"{float(np.sum(s.variance) / np.sum(y.sum(1) ** 2)):.3f}, "
           f"largest weight {float(s.max_weight.max()):.1f}")
 try:
-    nat.Prefix.from_budget(0.1, mask=mask, full_keep=0.2)
+    nat.Prefix.from_fraction(0.1, mask=mask, full_keep=0.2)
 except ValueError as e:
     print("\nValueError:", e)
 """),
@@ -398,7 +398,7 @@ norms = np.linalg.norm(y, axis=-1)
 count = mask.sum(-1).astype(float)
 keep = 0.3
 r = np.random.default_rng(1)
-v_urs = np.sum(nat.design_variance(y, nat.Systematic.uniform(keep, mask=mask), axis=1))
+v_urs = np.sum(nat.design_variance(y, nat.Systematic.from_fraction(keep, mask=mask), axis=1))
 for noise in [0.0, 0.5, 1.0, 2.0]:
     proxy = norms * np.exp(noise * r.normal(size=norms.shape)) + 1e-3
     d = nat.Systematic.proportional(proxy, keep * count, mask=mask)
@@ -422,10 +422,12 @@ import warnings
 y1 = y[0, :200, 0]
 m1 = np.ones((1, y1.size), dtype=bool)
 cases = {
-    "Poisson, v_HT": (lambda m: nat.Poisson.uniform(0.3, mask=m), "ht"),
+    "Poisson, v_HT": (lambda m: nat.Poisson.from_fraction(0.3, mask=m), "ht"),
     "SRS, v_SYG": (lambda m: nat.SimpleRandom.from_fraction(0.3, mask=m), "syg"),
-    "systematic, v_HT": (lambda m: nat.Systematic.uniform(0.3, mask=m), "ht"),
-    "systematic, v_SD": (lambda m: nat.Systematic.uniform(0.3, mask=m), "successive_differences"),
+    "systematic, v_HT": (lambda m: nat.Systematic.from_fraction(0.3, mask=m), "ht"),
+    "systematic, v_SD": (
+        lambda m: nat.Systematic.from_fraction(0.3, mask=m), "successive_differences"
+    ),
 }
 fig, ax = plt.subplots(figsize=(7, 3.5))
 chunk = np.ones((100, y1.size), dtype=bool)
@@ -686,11 +688,11 @@ mK = np.ones((K, N), dtype=bool)
 yK = np.broadcast_to(y, (K, N))
 
 designs = {
-    "Poisson (URS)": nat.Poisson.uniform(keep, mask=mK),
+    "Poisson (URS)": nat.Poisson.from_fraction(keep, mask=mK),
     "Poisson, pi ~ y": nat.Poisson.proportional(np.abs(yK) + 0.1, keep * N, mask=mK),
     "simple random": nat.SimpleRandom.from_fraction(keep, mask=mK),
-    "systematic": nat.Systematic.uniform(keep, mask=mK),
-    "prefix": nat.Prefix.from_budget(keep, mask=mK, full_keep=0.05),
+    "systematic": nat.Systematic.from_fraction(keep, mask=mK),
+    "prefix": nat.Prefix.from_fraction(keep, mask=mK, full_keep=0.05),
 }
 estimates = {}
 for name, d in designs.items():
@@ -786,9 +788,9 @@ def nat_gradient(design, gen):
 def mask_replacement_gradient(gen):          # negative control: biased
     model.zero_grad()
     sel = select_tokens(resp, "prefix", 0.5, generator=gen, full_keep=0.1)
-    lp, _ = token_logprobs(model.backbone(ids, attn), model.head, ids, sel.mask)
+    lp, _ = token_logprobs(model.backbone(ids, attn), model.head, ids, sel.sample)
     ell = grpo_per_token_loss(lp, lp.detach(), adv[:, None])
-    agg_loss(ell, sel.mask, mode).backward()   # counts from the selection: wrong
+    agg_loss(ell, sel.sample, mode).backward()   # counts from the selection: wrong
     return flat_grad()
 
 g_full = full_gradient()

@@ -9,7 +9,7 @@ test body is written once, in numpy terms, and checks the library on every backe
 which catches code that silently creates arrays on the default device even without a GPU.
 
 The array-api-strict backend runs with ``boolean_indexing`` and ``data_dependent_shapes``
-disabled: the core must not use either (DESIGN.md §5).
+disabled: the core must not use either (the array API conventions of the core).
 """
 
 from __future__ import annotations

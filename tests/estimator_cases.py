@@ -115,7 +115,7 @@ class Case:
             assert self.budget is not None
             keep, full, low = self.budget
             kw = {} if dtype is None else {"dtype": bk.dtype(np.dtype(dtype).name)}
-            return nat.Prefix.from_budget(keep, mask=mask, full_keep=full, min_keep=low, **kw)
+            return nat.Prefix.from_fraction(keep, mask=mask, full_keep=full, min_keep=low, **kw)
         raise AssertionError(self.kind)
 
     def build(self, bk: Any, dtype: Any = None) -> Any:

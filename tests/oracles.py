@@ -1,4 +1,5 @@
-r"""Brute-force oracles in plain numpy, written from DESIGN.md §1–2 and independent of the package.
+r"""Brute-force oracles in plain numpy, written from the definitions
+(docs/theory/notation.md, docs/theory/designs.md) and independent of the package.
 
 Each oracle works on ONE row: a float64 vector ``pi`` (or a size ``n``, or a cut pmf) and a boolean
 ``mask`` of eligible positions, and enumerates the design's whole sample space as a *support*: a
@@ -7,7 +8,7 @@ support into :math:`\pi_k = \sum_s p(s) I_k(s)` and :math:`\pi_{kl} = \sum_s p(s
 
 Nothing here calls the package, except that :func:`systematic_support` is handed the design's
 ``sample`` (the only way to enumerate the package's selection over ``u``); it is checked against
-:func:`systematic_rule`, the selection rule re-implemented from DESIGN.md §2.
+:func:`systematic_rule`, the selection rule re-implemented from docs/theory/designs.md.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def _prefix_pmf(pmf: list[float], mask: list[bool] | None = None) -> Callable[[A
 def _budget(keep: Any, **kw: Any) -> Callable[[Any], Any]:
     mask = np.ones((2, 10), bool)
     mask[1, 4:] = False
-    return lambda bk: nat.Prefix.from_budget(keep, mask=bk.asarray(mask), **kw)
+    return lambda bk: nat.Prefix.from_fraction(keep, mask=bk.asarray(mask), **kw)
 
 
 def _srs(n: Any, mask: np.ndarray = MASK3, n_array: bool = False) -> Callable[[Any], Any]:
@@ -119,7 +119,7 @@ BAD: list[tuple[str, Callable[[Any], Any], type, str]] = [
     ("pmf-int", lambda bk: nat.Prefix.from_cut_pmf(bk.asarray(A([0, 0, 1]))), ValueError,
      r"pmf must have a real floating dtype"),
     ("pmf-mask-shape", _prefix_pmf([0.5, 0.5], [True, True]), ValueError, r"mask has shape"),
-    # Prefix.from_budget
+    # Prefix.from_fraction
     ("budget-infeasible", _budget(0.04, full_keep=0.05), ValueError,
      r"keep=0.04 is below what full_keep=0.05 and min_keep=0.0 already cost"),
     ("budget-infeasible-min-keep", _budget(0.3, full_keep=0.05, min_keep=0.3), ValueError,
@@ -133,9 +133,9 @@ BAD: list[tuple[str, Callable[[Any], Any], type, str]] = [
      r"full_keep must lie in \(0, 1\]"),
     ("budget-min-keep<0", _budget(0.5, min_keep=-0.1), ValueError,
      r"min_keep must lie in \[0, 1\]"),
-    ("budget-mask-int", lambda bk: nat.Prefix.from_budget(0.5, mask=bk.asarray(A([1, 1]))),
+    ("budget-mask-int", lambda bk: nat.Prefix.from_fraction(0.5, mask=bk.asarray(A([1, 1]))),
      ValueError, r"mask must have dtype bool"),
-    ("budget-mask-empty-axis", lambda bk: nat.Prefix.from_budget(
+    ("budget-mask-empty-axis", lambda bk: nat.Prefix.from_fraction(
         0.5, mask=bk.asarray(np.zeros((2, 0), bool))), ValueError, r"mask must have a non-empty"),
     # SimpleRandom
     ("srs-n>count", _srs(4), ValueError, r"n is larger than the number of eligible tokens"),
@@ -160,14 +160,14 @@ BAD: list[tuple[str, Callable[[Any], Any], type, str]] = [
     ("srs-fraction-0", lambda bk: nat.SimpleRandom.from_fraction(0.0, mask=bk.asarray(MASK3)),
      ValueError, r"keep must be a fraction in \(0, 1\]"),
     # Poisson / Systematic uniform constructors
-    ("poisson-uniform-p0", lambda bk: nat.Poisson.uniform(0.0, mask=bk.asarray(MASK3)),
+    ("poisson-uniform-p0", lambda bk: nat.Poisson.from_fraction(0.0, mask=bk.asarray(MASK3)),
      ValueError, r"p \(the keep fraction\) must lie in \(0, 1\]"),
-    ("poisson-uniform-p>1", lambda bk: nat.Poisson.uniform(1.01, mask=bk.asarray(MASK3)),
+    ("poisson-uniform-p>1", lambda bk: nat.Poisson.from_fraction(1.01, mask=bk.asarray(MASK3)),
      ValueError, r"p \(the keep fraction\) must lie in \(0, 1\]"),
-    ("poisson-uniform-p-shape", lambda bk: nat.Poisson.uniform(
+    ("poisson-uniform-p-shape", lambda bk: nat.Poisson.from_fraction(
         bk.asarray(A([0.5, 0.5, 0.5])), mask=bk.asarray(np.ones((2, 3), bool))), ValueError,
      r"p has shape"),
-    ("systematic-uniform-nan", lambda bk: nat.Systematic.uniform(
+    ("systematic-uniform-nan", lambda bk: nat.Systematic.from_fraction(
         float("nan"), mask=bk.asarray(MASK3)), ValueError, r"p must be finite"),
     # inclusion_probabilities
     ("ip-negative", _ip([1.0, -1.0, 2.0], 1), ValueError, r"x contains negative sizes"),

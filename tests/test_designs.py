@@ -207,11 +207,11 @@ class TestPoisson(_PiDesignContract):
 
     def test_uniform_constructor(self, backend: Any) -> None:
         mask = np.array([[1, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
-        d = nat.Poisson.uniform(0.25, mask=backend.asarray(mask))
+        d = nat.Poisson.from_fraction(0.25, mask=backend.asarray(mask))
         np.testing.assert_array_equal(backend.to_numpy(d.inclusion_probabilities()),
                                       np.where(mask, 0.25, 0.0))
         p = np.array([0.5, 1.0, 0.1])
-        d = nat.Poisson.uniform(backend.asarray(p), mask=backend.asarray(mask))
+        d = nat.Poisson.from_fraction(backend.asarray(p), mask=backend.asarray(mask))
         np.testing.assert_allclose(backend.to_numpy(d.expected_size()), p * mask.sum(-1))
         backend.check_array(d.inclusion_probabilities(), mask.shape)
 
@@ -305,7 +305,7 @@ class TestSystematic(_PiDesignContract):
         return out
 
     def test_sample_follows_madow_rule(self, backend: Any, case: PiCase) -> None:
-        """The package's selection equals the rule re-implemented from DESIGN.md §2."""
+        """The package's selection equals the rule re-implemented from docs/theory/designs.md."""
         d = case.build(backend)
         for idx, (samples, _, rule) in self.support(case, d, backend).items():
             np.testing.assert_array_equal(samples, rule, err_msg=f"row {idx}")
@@ -323,7 +323,7 @@ class TestSystematic(_PiDesignContract):
 
     def test_uniform_and_proportional_constructors(self, backend: Any) -> None:
         mask = np.array([[1, 1, 0, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1, 0]], bool)
-        d = nat.Systematic.uniform(0.5, mask=backend.asarray(mask))
+        d = nat.Systematic.from_fraction(0.5, mask=backend.asarray(mask))
         np.testing.assert_array_equal(backend.to_numpy(d.inclusion_probabilities()),
                                       np.where(mask, 0.5, 0.0))
         u = np.array([0.25, 0.75])
@@ -395,7 +395,7 @@ class TestPrefix(_PiDesignContract):
         (0.5, 0.05, 0.0), (0.3, 0.1, 0.1), (0.9, 0.5, 0.0), (1.0, 0.05, 0.2), (0.2, 0.2, 0.0),
         (1.0, 1.0, 0.0), (0.25, 0.01, 0.2),
     ])
-    def test_from_budget(self, backend: Any, keep: float, full_keep: float,
+    def test_from_fraction(self, backend: Any, keep: float, full_keep: float,
                          min_keep: float) -> None:
         mask = np.zeros((2, 3, 40), bool)
         # a 1-token row is only feasible without a minimum prefix (ceil(min_keep * 1) = 1 token)
@@ -403,7 +403,7 @@ class TestPrefix(_PiDesignContract):
         for idx in np.ndindex(2, 3):
             mask[idx][: lengths[idx]] = True
         mask[0, 0, [3, 7, 11]] = False  # non-contiguous eligibility
-        d = nat.Prefix.from_budget(keep, mask=backend.asarray(mask), full_keep=full_keep,
+        d = nat.Prefix.from_fraction(keep, mask=backend.asarray(mask), full_keep=full_keep,
                                    min_keep=min_keep)
         pi = backend.to_numpy(d.inclusion_probabilities())
         cnt = mask.sum(-1)
@@ -434,8 +434,8 @@ def test_rows_restricts_every_design(backend: Any) -> None:
     """Design.rows(index) is the same design on a subset of rows (probabilities and samples)."""
     mask = np.array([[1, 1, 0, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=bool)
     m = backend.asarray(mask)
-    designs = [nat.Poisson.uniform(0.4, mask=m), nat.SimpleRandom.from_fraction(0.5, mask=m),
-               nat.Systematic.uniform(0.6, mask=m), nat.Prefix.from_budget(0.5, mask=m)]
+    designs = [nat.Poisson.from_fraction(0.4, mask=m), nat.SimpleRandom.from_fraction(0.5, mask=m),
+               nat.Systematic.from_fraction(0.6, mask=m), nat.Prefix.from_fraction(0.5, mask=m)]
     for d in designs:
         sub = d.rows(slice(1, 3))
         assert type(sub) is type(d) and sub.batch_shape == (2,)
@@ -447,4 +447,4 @@ def test_rows_restricts_every_design(backend: Any) -> None:
         np.testing.assert_array_equal(backend.to_numpy(sub.sample(u[1:3, ...])),
                                       backend.to_numpy(d.sample(u))[1:3])
     with pytest.raises(ValueError, match="row axis"):
-        nat.Poisson.uniform(0.5, mask=backend.asarray(mask[0])).rows(0)
+        nat.Poisson.from_fraction(0.5, mask=backend.asarray(mask[0])).rows(0)

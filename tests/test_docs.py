@@ -94,6 +94,11 @@ def _public_names() -> list[str]:
     return sorted(out)
 
 
+def _deprecated(obj: object) -> bool:
+    """A deprecated alias (summary "Deprecated ..."): tests/test_deprecations.py covers it."""
+    return (inspect.getdoc(obj) or "").startswith("Deprecated")
+
+
 def _callables() -> list[tuple[str, object]]:
     """Public callables whose docstrings must carry Examples (see the module docstring)."""
     out: list[tuple[str, object]] = []
@@ -102,14 +107,15 @@ def _callables() -> list[tuple[str, object]]:
             continue
         for n in getattr(mod, "__all__", []):
             obj = getattr(mod, n)
-            if not callable(obj):
+            if not callable(obj) or _deprecated(obj):
                 continue
             out.append((f"{modname}.{n}", obj))
             if inspect.isclass(obj):
                 for attr, raw in vars(obj).items():
                     if attr.startswith("_") or not isinstance(raw, classmethod):
                         continue
-                    out.append((f"{modname}.{n}.{attr}", getattr(obj, attr)))
+                    if not _deprecated(getattr(obj, attr)):
+                        out.append((f"{modname}.{n}.{attr}", getattr(obj, attr)))
     return out
 
 

@@ -14,7 +14,7 @@ import pytest
 MODULES = [
     "nat_estimators",
     "nat_estimators._compat",
-    "nat_estimators._common",
+    "nat_estimators._deprecation",
     "nat_estimators._design",
     "nat_estimators._validation",
     "nat_estimators.inclusion",
@@ -25,6 +25,8 @@ MODULES = [
     "nat_estimators.systematic",
     "nat_estimators.estimators",
     "nat_estimators.variance",
+    "nat_estimators._variance_engine",
+    "nat_estimators.summary",
     "nat_estimators.costmodel",
     "nat_estimators.cli",
     "nat_estimators.demo.models",

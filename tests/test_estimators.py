@@ -227,7 +227,7 @@ class TestBadInput:
     @pytest.mark.parametrize("fn", [nat.ht_total, nat.hajek_mean])
     def test_shape_mismatch(self, backend: Any, fn: Any) -> None:
         y, s, pi = self._ok(backend)
-        with pytest.raises(ValueError, match="mask"):
+        with pytest.raises(ValueError, match="sample"):
             fn(y, backend.asarray(np.array([[True, False]])), pi)
         with pytest.raises(ValueError, match="pi"):
             fn(y, s, backend.asarray(np.array([[0.5, 0.5]])))
@@ -262,9 +262,9 @@ class TestBadInput:
         pi = backend.asarray(np.array([[0.5, 0.0, 1.0]]))
         np.testing.assert_allclose(backend.to_numpy(nat.ht_total(y, s, pi)), [5.0])
 
-    def test_mask_dtype(self, backend: Any) -> None:
+    def test_sample_dtype(self, backend: Any) -> None:
         y, _, pi = self._ok(backend)
-        with pytest.raises(ValueError, match="mask"):
+        with pytest.raises(ValueError, match="sample"):
             nat.ht_total(y, backend.asarray(np.array([[1, 0, 1]])), pi)
 
     def test_y_dtype(self, backend: Any) -> None:

@@ -220,7 +220,7 @@ def test_prefix(backend: Any, data: tuple[np.ndarray, np.ndarray], u: float) -> 
     full_keep=st.floats(0.001, 1.0),
     min_keep=st.one_of(st.just(0.0), st.floats(0.0, 0.9)),
 )
-def test_prefix_from_budget(backend: Any, mask: np.ndarray, keep: float, full_keep: float,
+def test_prefix_from_fraction(backend: Any, mask: np.ndarray, keep: float, full_keep: float,
                             min_keep: float) -> None:
     cnt = mask.sum(-1)
     m = np.floor(cnt * min_keep + 1e-9)
@@ -228,10 +228,10 @@ def test_prefix_from_budget(backend: Any, mask: np.ndarray, keep: float, full_ke
     mk = backend.asarray(mask)
     if np.any(keep < need - 1e-8):
         with pytest.raises(ValueError, match="keep"):
-            nat.Prefix.from_budget(keep, mask=mk, full_keep=full_keep, min_keep=min_keep)
+            nat.Prefix.from_fraction(keep, mask=mk, full_keep=full_keep, min_keep=min_keep)
         return
     assume(np.all(keep > need + 1e-8))
-    d = nat.Prefix.from_budget(keep, mask=mk, full_keep=full_keep, min_keep=min_keep)
+    d = nat.Prefix.from_fraction(keep, mask=mk, full_keep=full_keep, min_keep=min_keep)
     pi, _ = check_joint(backend, d, mask)
     np.testing.assert_allclose(backend.to_numpy(d.expected_size()), keep * cnt, rtol=0, atol=1e-9)
     assert np.all(backend.to_numpy(d.max_weight()) <= (1 / full_keep) * (1 + 1e-12))

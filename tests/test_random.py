@@ -29,13 +29,13 @@ def _designs(bk: Any) -> dict[str, Any]:
         "SimpleRandom": nat.SimpleRandom(2, mask=m),
         "Systematic": nat.Systematic(p, mask=m),
         "Prefix": nat.Prefix(p, mask=m),
-        "Prefix.from_budget": nat.Prefix.from_budget(0.5, mask=m, full_keep=0.2),
+        "Prefix.from_fraction": nat.Prefix.from_fraction(0.5, mask=m, full_keep=0.2),
         "Prefix.from_cut_pmf": nat.Prefix.from_cut_pmf(
             bk.asarray(np.array([[0.2, 0.2, 0.2, 0.1, 0.3, 0.0],
                                  [0.3, 0.2, 0.2, 0.3, 0.0, 0.0]])),
             mask=m),
-        "Poisson.uniform": nat.Poisson.uniform(0.5, mask=m),
-        "Systematic.uniform": nat.Systematic.uniform(0.5, mask=m),
+        "Poisson.uniform": nat.Poisson.from_fraction(0.5, mask=m),
+        "Systematic.uniform": nat.Systematic.from_fraction(0.5, mask=m),
         "SimpleRandom.from_fraction": nat.SimpleRandom.from_fraction(0.5, mask=m),
         "Poisson.proportional": nat.Poisson.proportional(
             bk.asarray(np.where(mask, 1.0, np.nan)), 1, mask=m),
@@ -179,7 +179,7 @@ def test_float32_probabilities_stay_float32(backend: Any) -> None:
         d = cls(pi)
         assert d.inclusion_probabilities().dtype == backend.xp.float32
         assert d.joint_inclusion_probabilities().dtype == backend.xp.float32
-    d = nat.Prefix.from_budget(0.5, mask=backend.asarray(np.ones((2, 6), bool)),
+    d = nat.Prefix.from_fraction(0.5, mask=backend.asarray(np.ones((2, 6), bool)),
                                dtype=backend.xp.float32)
     assert d.inclusion_probabilities().dtype == backend.xp.float32
     d = nat.Prefix.from_cut_pmf(backend.asarray(np.array([0.25, 0.25, 0.5]), dtype="float32"))

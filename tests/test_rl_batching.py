@@ -88,11 +88,11 @@ def test_crop_pack_scatter_matches_full_forward(design, max_tokens):
         assert max_tokens is None or b * t <= max(max_tokens, t)
     assert torch.equal(coverage(plan, ids.shape), keep.long())
     # packed forward, head only at the selected positions
-    got = packed_logprobs(model, plan, ids, sel.mask)
+    got = packed_logprobs(model, plan, ids, sel.sample)
     want = full_logprobs(model, ids, am)
     assert got.dtype == torch.float64
-    torch.testing.assert_close(got[sel.mask], want[sel.mask], rtol=0, atol=1e-10)
-    assert (got[~sel.mask] == 0).all()
+    torch.testing.assert_close(got[sel.sample], want[sel.sample], rtol=0, atol=1e-10)
+    assert (got[~sel.sample] == 0).all()
     if design == "prefix":
         assert plan.real_tokens < int(am.sum())
 
@@ -218,9 +218,9 @@ def test_balanced_packing_matches_full_forward(design, max_rows):
     loads = [int(mb.valid.sum()) for mb in plan]
     if len(loads) > 1:
         assert max(loads) - min(loads) <= int(keep.sum(-1).max())
-    got = packed_logprobs(model, plan, ids, sel.mask)
+    got = packed_logprobs(model, plan, ids, sel.sample)
     want = full_logprobs(model, ids, am)
-    torch.testing.assert_close(got[sel.mask], want[sel.mask], rtol=0, atol=1e-10)
+    torch.testing.assert_close(got[sel.sample], want[sel.sample], rtol=0, atol=1e-10)
 
 
 def test_balance_needs_max_rows():

@@ -78,7 +78,7 @@ def test_keep_all_equals_full_gradient(mode, design):
     want = full_gradient(model, batch, cfg)
     model.zero_grad(set_to_none=True)
     out = grpo_backward(model, batch, cfg, generator=torch.Generator().manual_seed(0))
-    assert bool((out.selection.mask == batch.response_mask).all())
+    assert bool((out.selection.sample == batch.response_mask).all())
     assert out.metrics["micro_batches"] > 1
     torch.testing.assert_close(flat_grad(model), want, rtol=1e-10, atol=1e-12)
 
@@ -97,8 +97,8 @@ def test_step_updates_and_saves_tokens():
     assert m["forward_tokens"] < m["full_tokens"]
     assert m["selected_tokens"] < m["eligible_tokens"]
     assert out.log_probs.shape == batch.input_ids.shape
-    assert (out.log_probs[~out.selection.mask] == 0).all()
-    assert (out.log_probs[out.selection.mask] < 0).all()
+    assert (out.log_probs[~out.selection.sample] == 0).all()
+    assert (out.log_probs[out.selection.sample] < 0).all()
 
 
 @pytest.mark.parametrize("design", ["prefix", "poisson_proportional", "simple_random"])

@@ -1,8 +1,8 @@
 """agg_loss / loss_coefficients against independent re-implementations of the trainers' formulas.
 
 The reference functions below are written from the trainers' code (verl ``core_algos.agg_loss``,
-TRL ``GRPOTrainer._compute_loss``, OpenRLHF ``PolicyLoss`` + ``masked_mean``) and DESIGN.md §4,
-without calling the package.
+TRL ``GRPOTrainer._compute_loss``, OpenRLHF ``PolicyLoss`` + ``masked_mean``) and
+docs/rl/overview.md, without calling the package.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ VERL_MODES = (
 # ----------------------------------------------------------------------------- references
 def verl_ref(loss, mask, mode, *, dp_size=1, batch_num_tokens=None, global_batch_size=None,
              loss_scale_factor=None):
-    """verl agg_loss (dp-aware version), sum-norm per DESIGN.md: dp * sum / (G * C)."""
+    """verl agg_loss (dp-aware version), sum-norm per docs/rl/overview.md: dp * sum / (G * C)."""
     mask = mask.to(loss.dtype)
     if mode == "token-mean":
         n = mask.sum() if batch_num_tokens is None else batch_num_tokens

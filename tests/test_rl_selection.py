@@ -42,21 +42,21 @@ def test_selection_record(name, device):
     m = response_mask(device)
     sel = draw(name, m)
     assert isinstance(sel, Selection)
-    for t in (sel.mask, sel.pi, sel.weights, sel.crop_lengths):
+    for t in (sel.sample, sel.pi, sel.weights, sel.crop_lengths):
         assert t.device.type == m.device.type
-    assert sel.mask.dtype == torch.bool and sel.pi.dtype == torch.float64
+    assert sel.sample.dtype == torch.bool and sel.pi.dtype == torch.float64
     assert sel.weights.dtype == torch.float32
-    assert not (sel.mask & ~m).any()
+    assert not (sel.sample & ~m).any()
     assert (sel.pi[m] > 0).all() and (sel.pi[~m] == 0).all()
-    expected_w = torch.where(sel.mask, 1 / sel.pi.clamp(min=1e-300), torch.zeros_like(sel.pi))
+    expected_w = torch.where(sel.sample, 1 / sel.pi.clamp(min=1e-300), torch.zeros_like(sel.pi))
     torch.testing.assert_close(sel.weights.double(), expected_w, rtol=1e-7, atol=0)
     torch.testing.assert_close(sel.design.inclusion_probabilities(), sel.pi)
     # crop length = last selected position + 1 (0 for rows with nothing selected)
     for i in range(m.shape[0]):
-        idx = sel.mask[i].nonzero()
+        idx = sel.sample[i].nonzero()
         want = int(idx.max()) + 1 if len(idx) else 0
         assert int(sel.crop_lengths[i]) == want
-    assert (sel.mask[3] == 0).all()
+    assert (sel.sample[3] == 0).all()
     # expected size = keep * N_i for the budgeted designs
     n_i = m.sum(-1).double()
     es = sel.pi.sum(-1)
@@ -66,10 +66,10 @@ def test_selection_record(name, device):
         torch.testing.assert_close(es, 0.4 * n_i, rtol=1e-12, atol=1e-12)
     if name == "prefix":
         assert sel.cut_lengths is not None
-        assert torch.equal(sel.cut_lengths, sel.mask.sum(-1))
+        assert torch.equal(sel.cut_lengths, sel.sample.sum(-1))
         # kept tokens are the first L eligible ones
         rank = torch.cumsum(m.long(), -1)
-        assert torch.equal(sel.mask, m & (rank <= sel.cut_lengths[:, None]))
+        assert torch.equal(sel.sample, m & (rank <= sel.cut_lengths[:, None]))
     else:
         assert sel.cut_lengths is None
 
@@ -78,15 +78,15 @@ def test_selection_record(name, device):
 def test_same_generator_state_same_selection(name):
     m = response_mask()
     a, b = draw(name, m, seed=7), draw(name, m, seed=7)
-    assert torch.equal(a.mask, b.mask) and torch.equal(a.weights, b.weights)
+    assert torch.equal(a.sample, b.sample) and torch.equal(a.weights, b.weights)
     g = torch.Generator().manual_seed(11)
     state = g.get_state()
     kw = {"sizes": sizes_for(m)} if name.endswith("_proportional") else {}
     c = select_tokens(m, name, 0.4, generator=g, **kw)
     g.set_state(state)
     d = select_tokens(m, name, 0.4, generator=g, **kw)
-    assert torch.equal(c.mask, d.mask)
-    masks = {tuple(draw(name, m, seed=s).mask.flatten().tolist()) for s in range(6)}
+    assert torch.equal(c.sample, d.sample)
+    masks = {tuple(draw(name, m, seed=s).sample.flatten().tolist()) for s in range(6)}
     assert len(masks) > 1
 
 
@@ -96,7 +96,7 @@ def test_global_generator_and_weight_dtype():
     a = select_tokens(m, "poisson", 0.5, weight_dtype=torch.float64)
     torch.manual_seed(0)
     b = select_tokens(m, "poisson", 0.5, weight_dtype=torch.float64)
-    assert torch.equal(a.mask, b.mask) and a.weights.dtype == torch.float64
+    assert torch.equal(a.sample, b.sample) and a.weights.dtype == torch.float64
 
 
 def test_proportional_pi_follows_sizes():
@@ -122,10 +122,10 @@ def test_prefix_budget_options():
 
 def test_given_design_and_from_sample():
     m = response_mask()
-    d = nat.Systematic.uniform(0.5, mask=m)
+    d = nat.Systematic.from_fraction(0.5, mask=m)
     sel = select_tokens(m, d, generator=torch.Generator().manual_seed(1))
     assert sel.design is d
-    replay = Selection.from_sample(d, sel.mask)
+    replay = Selection.from_sample(d, sel.sample)
     assert torch.equal(replay.weights, sel.weights)
     with pytest.raises(ValueError, match="design"):
         select_tokens(m[:, 1:], d)
@@ -137,7 +137,7 @@ def test_rows_subset():
         sel = draw(name, m)
         idx = torch.tensor([4, 0, 2])
         sub = sel.rows(idx)
-        assert torch.equal(sub.mask, sel.mask[idx])
+        assert torch.equal(sub.sample, sel.sample[idx])
         assert torch.equal(sub.weights, sel.weights[idx])
         torch.testing.assert_close(sub.design.inclusion_probabilities(), sel.pi[idx])
 
@@ -148,9 +148,9 @@ def test_ht_weights():
     assert ht_weights(s, pi).tolist() == [[2.0, 0.0, 8.0]]
     with pytest.raises(ValueError, match="pi"):
         ht_weights(s, torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64),
-                   torch.ones(1, 3, dtype=torch.bool))
+                   mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="sample"):
-        ht_weights(s, pi, torch.tensor([[True, True, False]]))
+        ht_weights(s, pi, mask=torch.tensor([[True, True, False]]))
     with pytest.raises(ValueError, match="dtype"):
         ht_weights(s, pi, dtype=torch.bfloat16)
 

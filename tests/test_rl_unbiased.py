@@ -166,9 +166,9 @@ def support(design):
 
 def make_design(name, rm):
     if name == "prefix":
-        return nat.Prefix.from_budget(0.5, mask=rm, full_keep=0.1)
+        return nat.Prefix.from_fraction(0.5, mask=rm, full_keep=0.1)
     if name == "prefix_min_keep":
-        return nat.Prefix.from_budget(0.6, mask=rm, full_keep=0.2, min_keep=0.3)
+        return nat.Prefix.from_fraction(0.6, mask=rm, full_keep=0.2, min_keep=0.3)
     sizes = torch.linspace(0.5, 2.0, rm.shape[1], dtype=torch.float64).expand(rm.shape)
     n = 0.5 * rm.sum(-1).double()
     if name == "poisson":
@@ -254,7 +254,7 @@ def test_negative_controls_are_biased_under_prefix_cutting():
         # what a trainer computes if its response mask is replaced by the selection
         def fn(terms, sel, plan, st):
             per_token = plan.scatter([t.per_token_loss for t in terms])
-            return agg_loss(per_token, sel.mask, mode, const_len=CONST_LEN)
+            return agg_loss(per_token, sel.sample, mode, const_len=CONST_LEN)
         return fn
 
     def scattered_ht(mode):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import nat_estimators as nat
-from nat_estimators import variance as V
+from nat_estimators import _variance_engine as V
 
 REF = json.loads((Path(__file__).parent / "reference" / "r_estimators.json").read_text())
 R_CASES = REF["cases"]
@@ -150,7 +150,7 @@ def _big_designs(
         "poisson": (nat.Poisson(bk.asarray(pi_p), mask=mb), mask),
         "srs": (nat.SimpleRandom(bk.asarray(nn), mask=mb), mask),
         "prefix": (nat.Prefix(bk.asarray(_survival(rng, mask, 0.05)), mask=mb), mask),
-        "prefix_budget": (nat.Prefix.from_budget(0.4, mask=mb, full_keep=0.05), mask),
+        "prefix_budget": (nat.Prefix.from_fraction(0.4, mask=mb, full_keep=0.05), mask),
         "systematic_nonint": (nat.Systematic(bk.asarray(pi_s), mask=mb), mask),
         "systematic_int": (nat.Systematic(bk.asarray(pi_s_int), mask=mb), mask),
     }
@@ -298,7 +298,7 @@ def test_successive_differences_unbiased_over_random_orderings(
     ys = y0[perms]  # (P, N)
     k = round(1 / keep)
     mask = np.ones(ys.shape, dtype=bool)
-    d = nat.Systematic.uniform(keep, mask=backend.asarray(mask))
+    d = nat.Systematic.from_fraction(keep, mask=backend.asarray(mask))
     var = backend.to_numpy(nat.design_variance(backend.asarray(ys), d))
     # the k equally likely systematic samples {j, j + k, ...}
     ev = np.zeros(len(perms))
@@ -323,7 +323,7 @@ def test_successive_differences_misses_the_trend_effect(backend: Any) -> None:
     n_units = 64
     y = np.linspace(0.0, 10.0, n_units)[None]
     mask = np.ones((1, n_units), dtype=bool)
-    d = nat.Systematic.uniform(0.25, mask=backend.asarray(mask))
+    d = nat.Systematic.from_fraction(0.25, mask=backend.asarray(mask))
     var = float(backend.to_numpy(nat.design_variance(backend.asarray(y), d))[0])
     np.testing.assert_allclose(var, (64 * 10 / 63) ** 2 * 1.25, rtol=1e-12)  # (N b)^2 Var(start)
     for seed in range(4):
@@ -426,9 +426,9 @@ def test_variance_estimate_rejects_nan_at_sampled_units(backend: Any) -> None:
 # ---------------------------------------------------------------------------- summaries
 def test_design_summary(backend: Any) -> None:
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=bool)
-    d = nat.Poisson.uniform(0.25, mask=backend.asarray(mask))
+    d = nat.Poisson.from_fraction(0.25, mask=backend.asarray(mask))
     y = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, -1.0, np.nan, np.nan]])
-    s = nat.design_summary(d, backend.asarray(y))
+    s = nat.design_summary(backend.asarray(y), d)
     np.testing.assert_allclose(backend.to_numpy(s.expected_size), [1.0, 0.5])
     np.testing.assert_allclose(backend.to_numpy(s.keep_fraction), [0.25, 0.25])
     np.testing.assert_allclose(backend.to_numpy(s.max_weight), [4.0, 4.0])
@@ -437,11 +437,11 @@ def test_design_summary(backend: Any) -> None:
     np.testing.assert_allclose(backend.to_numpy(s.variance), v)
     # row 2 has total 0 but V > 0: the relative variance is infinite (never a silent V / 1)
     np.testing.assert_allclose(backend.to_numpy(s.relative_variance), [v[0] / 100.0, np.inf])
-    z = nat.design_summary(d, backend.asarray(np.zeros((2, 4))))
+    z = nat.design_summary(backend.asarray(np.zeros((2, 4))), d)
     np.testing.assert_array_equal(backend.to_numpy(z.relative_variance), [0.0, 0.0])
     np.testing.assert_array_equal(backend.to_numpy(z.variance_inflation), [0.0, 0.0])
     backend.check_array(s.relative_variance, (2,))
-    s0 = nat.design_summary(d)
+    s0 = nat.design_summary(None, d)
     assert s0.variance is None and s0.relative_variance is None
 
 
@@ -471,16 +471,16 @@ class TestBadInput:
         with pytest.raises(ValueError, match="axis"):
             nat.variance_estimate(y, s, d, axis=axis)
 
-    def test_mask_shape_and_dtype(self, backend: Any) -> None:
+    def test_sample_shape_and_dtype(self, backend: Any) -> None:
         d, y, _ = self._setup(backend)
-        with pytest.raises(ValueError, match="mask"):
+        with pytest.raises(ValueError, match="sample"):
             nat.variance_estimate(y, backend.asarray(np.array([[True, False, True]])), d)
-        with pytest.raises(ValueError, match="mask"):
+        with pytest.raises(ValueError, match="sample"):
             nat.variance_estimate(y, backend.asarray(np.array([[1, 0, 0, 1]])), d)
 
-    def test_mask_not_subset_of_eligible(self, backend: Any) -> None:
+    def test_sample_not_subset_of_eligible(self, backend: Any) -> None:
         d, y, _ = self._setup(backend)
-        with pytest.raises(ValueError, match=r"mask.*not eligible"):
+        with pytest.raises(ValueError, match=r"sample.*not eligible"):
             nat.variance_estimate(y, backend.asarray(np.array([[True, False, True, False]])), d)
 
     def test_unknown_method_and_estimator(self, backend: Any) -> None:
@@ -574,7 +574,7 @@ def test_results_stay_on_the_input_device(device_backend: Any) -> None:
         pi = d.inclusion_probabilities()
         bk.check_array(nat.ht_total(y, s, pi, axis=2), (2, 3, 2))
         bk.check_array(nat.ht_weights(s, pi), (2, 3, 150))
-        summ = nat.design_summary(d, y, axis=2)
+        summ = nat.design_summary(y, d, axis=2)
         bk.check_array(summ.relative_variance, (2, 3))
         bk.check_array(summ.variance_inflation, (2, 3))
 
@@ -595,9 +595,9 @@ def test_fast_paths_use_linear_memory(kind: str) -> None:
     elif kind == "srs":
         d = nat.SimpleRandom(np.array([1000, 5000]), mask=mask)
     elif kind == "prefix":
-        d = nat.Prefix.from_budget(0.3, mask=mask, full_keep=0.05)
+        d = nat.Prefix.from_fraction(0.3, mask=mask, full_keep=0.05)
     else:
-        d = nat.Systematic.uniform(0.3, mask=mask)
+        d = nat.Systematic.from_fraction(0.3, mask=mask)
     s = d.draw(0)
     tracemalloc.start()
     try:
@@ -616,7 +616,7 @@ def test_fast_paths_use_linear_memory(kind: str) -> None:
 def test_dense_paths_refuse_huge_matrices_with_advice() -> None:
     """A long systematic row would need an N x N matrix: a clear error, not an OOM."""
     mask = np.ones((4, 8192), dtype=bool)
-    d = nat.Systematic.uniform(0.5, mask=mask)
+    d = nat.Systematic.from_fraction(0.5, mask=mask)
     y = np.ones((4, 8192))
     s = d.draw(0)
     with pytest.raises(ValueError, match="successive_differences"):

@@ -1,8 +1,8 @@
 r"""Exactness by brute force: every design's whole sample space enumerated (N <= 10).
 
-For each case of ``estimator_cases.CASES`` (Poisson, SimpleRandom, Prefix from a cut pmf and from
-``from_budget``, Systematic with integer and non-integer sums; ragged, non-contiguous masks) and on
-every backend:
+For each case of ``estimator_cases.CASES`` (Poisson, SimpleRandom, Prefix from a cut pmf and
+from ``from_fraction``, Systematic with integer and non-integer sums; ragged, non-contiguous
+masks) and on every backend:
 
 * E[HT total] over the sample space equals the population total (1e-12 relative);
 * the enumerated Var(HT) and covariance equal ``design_variance`` (fast path and dense path);

@@ -48,8 +48,8 @@ def _designs(bk: Any, kind: str) -> tuple[Any, Any, np.ndarray]:
         many = nat.Poisson(bk.asarray(np.broadcast_to(pi, (REPS, N_UNITS)).copy()),
                            mask=bk.asarray(np.broadcast_to(mask, (REPS, N_UNITS)).copy()))
     else:
-        one = nat.Prefix.from_budget(0.5, mask=bk.asarray(mask), full_keep=0.2)
-        many = nat.Prefix.from_budget(0.5, mask=bk.asarray(np.broadcast_to(
+        one = nat.Prefix.from_fraction(0.5, mask=bk.asarray(mask), full_keep=0.2)
+        many = nat.Prefix.from_fraction(0.5, mask=bk.asarray(np.broadcast_to(
             mask, (REPS, N_UNITS)).copy()), full_keep=0.2)
     return one, many, np.where(mask[:, None], y, np.nan)
 

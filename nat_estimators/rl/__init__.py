@@ -31,6 +31,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "(on a CPU-only machine pin the CPU build, e.g. torch==2.13.0)"
     ) from _e
 
+from ..estimators import ht_weights
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .grpo import (
     BackboneHeadModel,
@@ -46,7 +47,7 @@ from .grpo import (
 )
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
-from .selection import DESIGNS, Selection, ht_weights, select_tokens
+from .selection import DESIGNS, Selection, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
 __all__ = [
@@ -83,15 +84,9 @@ def __getattr__(name: str) -> object:
     # ``rl.TinyCausalLM`` moved to the demo models (it is an example model, not RL plumbing); the
     # old name works, with a DeprecationWarning, for one release.
     if name == "TinyCausalLM":
-        import warnings
-
+        from .._deprecation import deprecated
         from ..demo.models import TinyCausalLM
 
-        warnings.warn(
-            "nat_estimators.rl.TinyCausalLM is deprecated and will be removed in the next release; "
-            "use nat_estimators.demo.models.TinyCausalLM",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        deprecated("nat_estimators.rl.TinyCausalLM", "nat_estimators.demo.models.TinyCausalLM")
         return TinyCausalLM
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .._deprecation import positional_arrays
 from ._checks import as_bool_mask
 
 __all__ = ["MicroBatch", "PackPlan", "crop_mask", "pack_rows"]
@@ -88,8 +89,8 @@ class MicroBatch:
     --------
     >>> import torch
     >>> from nat_estimators.rl import pack_rows
-    >>> keep = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
-    >>> mb = pack_rows(keep).micro_batches[0]
+    >>> am = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    >>> mb = pack_rows(am).micro_batches[0]
     >>> mb.rows.tolist(), mb.shape
     ([1, 0], (2, 4))
     >>> mb.index.tolist(), mb.valid.int().tolist()
@@ -133,14 +134,14 @@ class PackPlan:
     --------
     >>> import torch
     >>> from nat_estimators.rl import pack_rows
-    >>> keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
-    >>> plan = pack_rows(keep, max_tokens=3)
+    >>> am = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    >>> plan = pack_rows(am, max_tokens=3)
     >>> len(plan), plan.batch_shape, plan.lengths.tolist()
     (2, (3, 4), [3, 2, 0])
     >>> plan.real_tokens, plan.padded_tokens
     (5, 5)
     >>> out = plan.scatter([mb.valid.float() for mb in plan])  # back to (B, T)
-    >>> bool((out.bool() == keep).all())
+    >>> bool((out.bool() == am).all())
     True
     """
 
@@ -208,8 +209,10 @@ def _balanced_groups(sorted_len: list[int], max_rows: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+@positional_arrays("attention_mask", renamed={"keep": "attention_mask"})
 def pack_rows(
-    keep: torch.Tensor,
+    attention_mask: torch.Tensor,
+    /,
     *,
     max_tokens: int | None = None,
     max_rows: int | None = None,
@@ -219,9 +222,9 @@ def pack_rows(
 
     Parameters
     ----------
-    keep : torch.Tensor of bool, shape (B, T)
-        Positions each row must feed to the model, e.g. :func:`crop_mask` of the attention mask
-        (prefix cutting) or the attention mask itself (no cropping).  Rows without kept
+    attention_mask : torch.Tensor of bool, shape (B, T)
+        Positions each row must feed to the model: :func:`crop_mask` of the attention mask
+        (prefix cutting) or the attention mask itself (no cropping).  Rows without such
         positions are dropped.
     max_tokens : int, optional
         Budget of padded tokens (rows :math:`\times` width) per micro-batch; a row longer than
@@ -260,8 +263,8 @@ def pack_rows(
     --------
     >>> import torch
     >>> from nat_estimators.rl import pack_rows
-    >>> keep = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]]).bool()
-    >>> plan = pack_rows(keep, max_tokens=6)
+    >>> am = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]]).bool()
+    >>> plan = pack_rows(am, max_tokens=6)
     >>> [mb.rows.tolist() for mb in plan], plan.padded_tokens, plan.real_tokens
     ([[0, 2], [1]], 7, 7)
     >>> plan.micro_batches[0].index.tolist()
@@ -270,13 +273,13 @@ def pack_rows(
     Balanced rows for a backbone without padding: the largest micro-batch holds 4 kept tokens
     instead of the 6 of the two longest rows together.
 
-    >>> keep = torch.arange(4)[None, :] < torch.tensor([[3], [3], [1], [1]])
-    >>> [mb.rows.tolist() for mb in pack_rows(keep, max_rows=2)]
+    >>> am = torch.arange(4)[None, :] < torch.tensor([[3], [3], [1], [1]])
+    >>> [mb.rows.tolist() for mb in pack_rows(am, max_rows=2)]
     [[0, 1], [2, 3]]
-    >>> [mb.rows.tolist() for mb in pack_rows(keep, max_rows=2, balance=True)]
+    >>> [mb.rows.tolist() for mb in pack_rows(am, max_rows=2, balance=True)]
     [[0, 2], [1, 3]]
     """
-    k = as_bool_mask(keep, "keep")
+    k = as_bool_mask(attention_mask, "attention_mask")
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):

@@ -355,7 +355,7 @@ class MicroBatchTerms:
 def _forward_keep(batch: GRPOBatch, selection: Selection, crop: bool) -> torch.Tensor:
     if crop:
         return crop_mask(batch.attention_mask, selection.crop_lengths)
-    return batch.attention_mask & selection.mask.any(-1, keepdim=True)
+    return batch.attention_mask & selection.sample.any(-1, keepdim=True)
 
 
 def plan_batch(batch: GRPOBatch, selection: Selection, config: GRPOConfig) -> PackPlan:
@@ -422,7 +422,7 @@ def grpo_micro_batches(
     for mb in plan:
         ids = mb.gather(batch.input_ids)
         hidden = model.backbone(ids, mb.valid)
-        pos = mb.gather(selection.mask, fill=False)
+        pos = mb.gather(selection.sample, fill=False)
         lp, ent = token_logprobs(
             hidden,
             model.head,
@@ -583,7 +583,7 @@ def grpo_backward(
     )
     metrics = {
         "eligible_tokens": float(batch.response_mask.sum()),
-        "selected_tokens": float(selection.mask.sum()),
+        "selected_tokens": float(selection.sample.sum()),
         "forward_tokens": float(plan.real_tokens),
         "padded_tokens": float(plan.padded_tokens),
         "full_tokens": float(batch.attention_mask.sum()),

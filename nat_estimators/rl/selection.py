@@ -2,7 +2,7 @@ r"""Token selection for NAT losses: one call from a response mask to a selection
 
 :func:`select_tokens` builds a sampling design over the eligible tokens of every row (the response
 mask, possibly non-contiguous), draws a selection with a ``torch.Generator`` on the mask's device
-and returns a frozen :class:`Selection`: the sampled mask :math:`I`, the inclusion probabilities
+and returns a frozen :class:`Selection`: the sample :math:`I`, the inclusion probabilities
 :math:`\pi`, the Horvitz–Thompson weights :math:`w = I/\pi` and, for prefix cutting, the cut and
 crop lengths that let the forward pass stop early.
 
@@ -18,10 +18,12 @@ from typing import Literal, get_args
 import torch
 
 from .. import Poisson, Prefix, SimpleRandom, Systematic, inclusion_probabilities
+from .._deprecation import deprecated
 from .._design import Design
+from ..estimators import ht_weights
 from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weight_dtype
 
-__all__ = ["DESIGNS", "Selection", "ht_weights", "select_tokens"]
+__all__ = ["DESIGNS", "Selection", "select_tokens"]
 
 DesignName = Literal[
     "prefix",
@@ -36,60 +38,6 @@ DesignName = Literal[
 DESIGNS: tuple[str, ...] = get_args(DesignName)
 
 
-def ht_weights(
-    sample: torch.Tensor,
-    pi: torch.Tensor,
-    response_mask: torch.Tensor | None = None,
-    *,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    r"""Horvitz–Thompson weights :math:`w_{it} = I_{it}/\pi_{it}` (0 where not sampled).
-
-    Parameters
-    ----------
-    sample : torch.Tensor of bool, shape (B, T)
-        Selection indicators :math:`I`.
-    pi : torch.Tensor, shape (B, T)
-        Inclusion probabilities; must be in (0, 1] on every eligible token.
-    response_mask : torch.Tensor of bool, shape (B, T), optional
-        Eligible tokens (default: ``sample``); the sample must lie inside it.
-    dtype : torch.dtype, default float32
-        float32 or float64 (half types are refused).  :math:`1/\pi` is formed in float64 first.
-
-    Raises
-    ------
-    ValueError
-        ``pi`` is 0, negative, above 1 or not finite on an eligible token; ``sample`` selects an
-        ineligible position; shapes disagree; half ``dtype``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from nat_estimators.rl import ht_weights
-    >>> s = torch.tensor([[True, False, True]])
-    >>> ht_weights(s, torch.tensor([[0.5, 0.5, 0.25]], dtype=torch.float64))
-    tensor([[2., 0., 4.]])
-    """
-    check_weight_dtype(dtype, "dtype")
-    s = as_bool_mask(sample, "sample")
-    if not isinstance(pi, torch.Tensor) or not pi.is_floating_point():
-        raise ValueError("pi must be a floating-point tensor")
-    check_same_shape(pi, s, "pi", "sample")
-    elig = s if response_mask is None else as_bool_mask(response_mask, "response_mask")
-    check_same_shape(elig, s, "response_mask", "sample")
-    if bool((s & ~elig).any()):
-        raise ValueError("sample selects positions outside response_mask")
-    p64 = pi.to(torch.float64)
-    if bool((elig & ~(torch.isfinite(p64) & (p64 > 0) & (p64 <= 1))).any()):
-        raise ValueError(
-            "pi must lie in (0, 1] on every eligible token: pi = 0 means the token is never "
-            "sampled and its weight 1/pi is infinite (the HT estimate would be biased)"
-        )
-    one = torch.ones((), dtype=torch.float64, device=p64.device)
-    w = torch.where(s, one / torch.where(s, p64, one), torch.zeros_like(one))
-    return w.to(dtype)
-
-
 def _crop_lengths(sample: torch.Tensor) -> torch.Tensor:
     t = torch.arange(1, sample.shape[-1] + 1, device=sample.device, dtype=torch.int64)
     return torch.where(sample, t, torch.zeros_like(t)).amax(dim=-1)
@@ -101,8 +49,9 @@ class Selection:
 
     Attributes
     ----------
-    mask : torch.Tensor of bool, shape (B, T)
-        Selected tokens :math:`I_{it}` (a subset of ``response_mask``).
+    sample : torch.Tensor of bool, shape (B, T)
+        Selected tokens :math:`I_{it}` (a subset of ``response_mask``).  (``mask`` is a
+        deprecated alias.)
     pi : torch.Tensor of float64, shape (B, T)
         Inclusion probabilities :math:`\pi_{it}` (0 off the response mask).
     weights : torch.Tensor, shape (B, T)
@@ -123,7 +72,7 @@ class Selection:
     >>> from nat_estimators.rl import select_tokens
     >>> m = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
     >>> sel = select_tokens(m, "poisson", keep=0.5, generator=torch.Generator().manual_seed(0))
-    >>> sel.mask.int().tolist(), sel.crop_lengths.tolist(), sel.cut_lengths
+    >>> sel.sample.int().tolist(), sel.crop_lengths.tolist(), sel.cut_lengths
     ([[0, 0, 1, 0], [0, 0, 1, 0]], [3, 3], None)
     >>> sel.pi.tolist(), sel.weights.tolist()
     ([[0.5, 0.5, 0.5, 0.5], [0.0, 0.5, 0.5, 0.0]], [[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
@@ -131,7 +80,7 @@ class Selection:
     [1]
     """
 
-    mask: torch.Tensor
+    sample: torch.Tensor
     pi: torch.Tensor
     weights: torch.Tensor
     design: Design
@@ -164,19 +113,25 @@ class Selection:
         s = as_bool_mask(sample, "sample")
         check_same_shape(s, mask, "sample", "design.mask")
         pi = design.inclusion_probabilities().to(torch.float64)
-        w = ht_weights(s, pi, mask, dtype=weight_dtype)
+        w = ht_weights(s, pi, mask=mask, dtype=weight_dtype)
         cut = design.cut_lengths(s) if isinstance(design, Prefix) else None
         return cls(s, pi, w, design, mask, _crop_lengths(s), cut)
 
     @property
+    def mask(self) -> torch.Tensor:
+        """Deprecated alias of :attr:`~nat_estimators.rl.Selection.sample`."""
+        deprecated("Selection.mask", "Selection.sample")
+        return self.sample
+
+    @property
     def num_selected(self) -> torch.Tensor:
         """Selected tokens per row, int64 ``(B,)``."""
-        return self.mask.sum(-1)
+        return self.sample.sum(-1)
 
     def rows(self, index: torch.Tensor) -> Selection:
         """The selection restricted to rows ``index`` (e.g. this rank's shard)."""
         return Selection(
-            self.mask[index],
+            self.sample[index],
             self.pi[index],
             self.weights[index],
             self.design.rows(index),
@@ -218,8 +173,8 @@ def select_tokens(
     response_mask : torch.Tensor, shape (B, T)
         Eligible (loss) tokens; bool or 0/1; may be non-contiguous and rows may be empty.
     design : str or Design, default "prefix"
-        ``"prefix"`` (random prefix cut, :meth:`Prefix.from_budget
-        <nat_estimators.Prefix.from_budget>`), ``"poisson"`` (uniform, the paper's URS),
+        ``"prefix"`` (random prefix cut, :meth:`Prefix.from_fraction
+        <nat_estimators.Prefix.from_fraction>`), ``"poisson"`` (uniform, the paper's URS),
         ``"simple_random"`` (fixed size :math:`\mathrm{round}(\kappa N_i)`), ``"systematic"``
         (every :math:`1/\kappa`-th token, random start), ``"poisson_proportional"`` /
         ``"systematic_proportional"`` (:math:`\pi \propto` ``sizes``, capped at 1, expected size
@@ -261,10 +216,10 @@ def select_tokens(
     >>> m = torch.ones(2, 8, dtype=torch.bool)
     >>> g = torch.Generator().manual_seed(0)
     >>> sel = select_tokens(m, "systematic", keep=0.25, generator=g)
-    >>> sel.mask.sum(-1).tolist(), sel.weights.max().item()
+    >>> sel.sample.sum(-1).tolist(), sel.weights.max().item()
     ([2, 2], 4.0)
     >>> sel = select_tokens(m, "prefix", keep=0.5, generator=g)
-    >>> bool((sel.cut_lengths == sel.mask.sum(-1)).all())
+    >>> bool((sel.cut_lengths == sel.sample.sum(-1)).all())
     True
     """
     m = as_bool_mask(response_mask, "response_mask")
@@ -311,13 +266,13 @@ def select_tokens(
         elif sizes is not None:
             raise ValueError(f"sizes is only used by the proportional designs, not {design!r}")
         if design == "prefix":
-            d = Prefix.from_budget(kappa, mask=m, full_keep=full_keep, min_keep=min_keep)
+            d = Prefix.from_fraction(kappa, mask=m, full_keep=full_keep, min_keep=min_keep)
         elif design == "poisson":
-            d = Poisson.uniform(kappa, mask=m)
+            d = Poisson.from_fraction(kappa, mask=m)
         elif design == "simple_random":
             d = SimpleRandom.from_fraction(kappa, mask=m)
         elif design == "systematic":
-            d = Systematic.uniform(kappa, mask=m)
+            d = Systematic.from_fraction(kappa, mask=m)
         else:
             assert sizes is not None
             pi = _proportional_pi(sizes, m, kappa)

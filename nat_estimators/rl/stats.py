@@ -3,10 +3,10 @@ r"""Full-mask loss statistics: the denominators every micro-batch and rank must 
 A token-subsampled loss is unbiased only if its denominators are those of the *full* loss: the
 global token count :math:`N`, the sequence count :math:`G` and the per-row lengths :math:`L_i`,
 computed from the full response mask **before** any prefix cropping, token selection or
-micro-batching (DESIGN.md §4).  :class:`LossNormalizers` holds them, computed once per step by
-:meth:`LossNormalizers.from_mask` (optionally all-reduced over a ``torch.distributed`` group), and
-is handed to :func:`~nat_estimators.rl.agg_loss` with :meth:`LossNormalizers.rows` selecting the
-micro-batch's rows.
+micro-batching (:doc:`/rl/overview`).  :class:`LossNormalizers` holds them, computed once per step
+by :meth:`LossNormalizers.from_mask` (optionally all-reduced over a ``torch.distributed`` group),
+and is handed to :func:`~nat_estimators.rl.agg_loss` with :meth:`LossNormalizers.rows` selecting
+the micro-batch's rows.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .._deprecation import deprecated
 from ._checks import as_bool_mask, check_positive_number
 
 __all__ = ["LossNormalizers", "loss_normalizers"]
@@ -178,19 +179,8 @@ def loss_normalizers(
     all_reduce: bool = False,
     group: Any = None,
 ) -> LossNormalizers:
-    """Shorthand for :meth:`LossNormalizers.from_mask`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from nat_estimators.rl import LossNormalizers, loss_normalizers
-    >>> m = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
-    >>> s = loss_normalizers(m)
-    >>> s.num_tokens, s.num_seqs, s.seq_lengths.tolist()
-    (6, 2, [2, 4])
-    >>> s.num_tokens == LossNormalizers.from_mask(m).num_tokens
-    True
-    """
+    """Deprecated: use :meth:`~nat_estimators.rl.LossNormalizers.from_mask` (same arguments)."""
+    deprecated("loss_normalizers(...)", "LossNormalizers.from_mask(...)")
     return LossNormalizers.from_mask(
         response_mask, const_len=const_len, all_reduce=all_reduce, group=group
     )

@@ -10,7 +10,7 @@ packed rows, head at the selected positions).
 
 The full-token reference is written here independently of the package: a full (uncropped)
 forward pass with the full LM head, the clipped GRPO per-token loss with k3-KL and entropy terms
-written out, and the trainers' aggregation formulas of DESIGN.md §4 written out.
+written out, and the trainers' aggregation formulas of docs/rl/overview.md written out.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ CANONICAL_MODES = (
     "seq-mean-token-mean",
     "seq-mean-token-sum-norm",
 )
-# DESIGN.md §4, written out independently of nat_estimators.rl: alias -> (verl mode, G counts all
-# rows?, N local?).  With no empty rows and one batch, both G and N conventions coincide.
+# docs/rl/overview.md, written out independently of nat_estimators.rl: alias -> (verl mode,
+# G counts all rows?, N local?).  With no empty rows and one batch, both G and N conventions
+# coincide.
 _ALIASES = {
     "token-mean": "token-mean",
     "token-sum": "token-sum",
@@ -257,7 +258,7 @@ def reference_per_token_loss(model: nn.Module, batch: GRPOBatch, rows: Any = Non
 
 
 def full_objective(ell: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """The trainers' full-token aggregation (DESIGN.md §4), written out (no empty rows)."""
+    """The trainers' full-token aggregation (docs/rl/overview.md), written out (no empty rows)."""
     m = _ALIASES[mode]
     L = mask.sum(-1).to(ell.dtype)
     if bool((L == 0).any()):
@@ -329,9 +330,9 @@ def shortcut_loss(mode: str) -> LossFn:
     """Negative control 1: the selection *replaces* the response mask and the loss is aggregated
     as the trainer would (no weights, denominators counted on the selection)."""
     def fn(terms: Any, sel: Selection) -> torch.Tensor:
-        sel_norm = LossNormalizers.from_mask(sel.mask, const_len=CONST_LEN)
+        sel_norm = LossNormalizers.from_mask(sel.sample, const_len=CONST_LEN)
         mb = terms.micro_batch
-        return agg_loss(terms.per_token_loss, mb.gather(sel.mask, fill=False), mode,
+        return agg_loss(terms.per_token_loss, mb.gather(sel.sample, fill=False), mode,
                         normalizers=sel_norm.rows(mb.rows))
     return fn
 
@@ -340,7 +341,9 @@ def misspecified(selection: Selection, power: float = 0.8) -> Selection:
     r"""Negative control 3: the same sample, weighted by :math:`1/\pi^{0.8}` instead of
     :math:`1/\pi` (``ht_weights`` with the wrong :math:`\pi`)."""
     bad = torch.where(selection.response_mask, selection.pi ** power, selection.pi)
-    w = ht_weights(selection.mask, bad, selection.response_mask, dtype=selection.weights.dtype)
+    w = ht_weights(
+        selection.sample, bad, mask=selection.response_mask, dtype=selection.weights.dtype
+    )
     return dataclasses.replace(selection, pi=bad, weights=w)
 
 
@@ -427,10 +430,6 @@ def enumerate_selections(design: nat.Design) -> Iterator[tuple[float, torch.Tens
         yield p, design.sample(u)
 
 
-def outcome_count(design: nat.Design) -> int:
-    return math.prod(len(_row_uniforms(design, i)) for i in range(design.mask.shape[0]))
-
-
 # ----------------------------------------------------------------------------- per-token
 @dataclass(frozen=True, eq=False)
 class TokenGradients:
@@ -472,7 +471,7 @@ def token_gradients(case: Case, directions: torch.Tensor,
         lam, Q = torch.linalg.eigh(Y @ Y.T)
         Z = (Q * lam.clamp(min=0).sqrt())[None]  # (1, W, W): Z Z^T = Y Y^T
         for name, d in designs.items():
-            trace[name][i] = nat.design_variance(Z, _row_design(d, i), axis=1).sum()
+            trace[name][i] = nat.design_variance(Z, d.rows(slice(i, i + 1)), axis=1).sum()
     return TokenGradients(proj, directions, trace)
 
 
@@ -484,25 +483,12 @@ def _crop_batch(batch: GRPOBatch, width: int) -> GRPOBatch:
                      ref_log_probs=batch.ref_log_probs[:, :width])  # type: ignore[index]
 
 
-def _row_design(d: nat.Design, i: int) -> nat.Design:
-    """Row ``i`` of a design (public constructors)."""
-    if isinstance(d, nat.SimpleRandom):
-        return nat.SimpleRandom(d.n[i : i + 1], mask=d.mask[i : i + 1])
-    return type(d)(d.inclusion_probabilities()[i : i + 1], mask=d.mask[i : i + 1])
-
-
 # ----------------------------------------------------------------------------- statistics
 def bonferroni_z(alpha: float, tests: int) -> float:
     """Two-sided normal threshold for family-wise level ``alpha`` over ``tests`` tests."""
     from scipy.stats import norm
 
     return float(norm.isf(alpha / (2 * tests)))
-
-
-def normal_two_sided_p(z: np.ndarray) -> np.ndarray:
-    from scipy.stats import norm
-
-    return 2 * norm.sf(np.abs(z))
 
 
 def pick_rows(ro: Rollouts, n: int, lengths: tuple[int, int], *, tokens: int | None = None,

@@ -94,14 +94,15 @@ def draw_projections(
         mask = rm.repeat(r, 1)
         sel = select_tokens(mask, design, KEEP, sizes=None if sizes is None else sizes.repeat(r, 1),
                             generator=g, full_keep=FULL_KEEP, weight_dtype=DTYPE)
-        n_sel += float(sel.mask.sum())
+        n_sel += float(sel.sample.sum())
         norm = _rep_normalizers(case, r)
         variants: list[tuple[str, dict[str, Any]]] = [("ht", dict(weights=sel.weights))]
         if hajek:
             variants.append(("hajek", dict(weights=sel.weights, normalizer="hajek")))
         if misspecified:
             bad = torch.where(mask, sel.pi ** 0.8, sel.pi)
-            variants.append(("pi^0.8", dict(weights=ht_weights(sel.mask, bad, mask, dtype=DTYPE))))
+            w_bad = ht_weights(sel.sample, bad, mask=mask, dtype=DTYPE)
+            variants.append(("pi^0.8", dict(weights=w_bad)))
         for mode in modes:
             for name, kw in variants:
                 c = loss_coefficients(mask, mode, normalizers=norm, dtype=DTYPE, **kw)
@@ -110,7 +111,7 @@ def draw_projections(
         # negative control 1: the selection replaces the response mask (counts from the selection)
         rc = min(r, control_draws - ctrl_done)
         for j in range(rc):
-            s = sel.mask[j * B : (j + 1) * B]
+            s = sel.sample[j * B : (j + 1) * B]
             sn = LossNormalizers.from_mask(s, const_len=CONST_LEN)
             for mode in modes:
                 c = loss_coefficients(s, mode, normalizers=sn, dtype=DTYPE)

@@ -126,8 +126,8 @@ def test_cropped_forward_matches_full(world, policy):
         if not vals:
             continue
         ell = plan.scatter(vals)
-        diff = (ell - ref).abs()[sel.mask]
+        diff = (ell - ref).abs()[sel.sample]
         worst = max(worst, float(diff.max()))
-        checked += int(sel.mask.sum())
+        checked += int(sel.sample.sum())
     assert checked > 0
     assert worst <= 1e-12, worst

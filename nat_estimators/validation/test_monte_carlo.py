@@ -94,9 +94,9 @@ def test_pipeline_matches(world, policy, design):
         for (kind, mode), g in grads.items():
             got = (g @ data.directions).cpu().numpy()
             if kind == "shortcut":
-                c = loss_coefficients(sel.mask, mode, dtype=H.DTYPE,
+                c = loss_coefficients(sel.sample, mode, dtype=H.DTYPE,
                                       normalizers=LossNormalizers.from_mask(
-                                          sel.mask, const_len=H.CONST_LEN))
+                                          sel.sample, const_len=H.CONST_LEN))
             else:
                 c = loss_coefficients(rm, mode, weights=sel.weights, dtype=H.DTYPE,
                                       normalizers=case.normalizers,
