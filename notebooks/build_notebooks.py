@@ -111,7 +111,7 @@ systematic samples and the prefixes of prefix cutting. Ineligible positions (5â€
 """),
     code(r"""
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True)
-for ax, (name, d) in zip(axes, designs.items()):
+for ax, (name, d) in zip(axes, designs.items(), strict=True):
     draws = np.stack([d.draw(seed)[1] for seed in range(20)])
     ax.imshow(draws, cmap="Greys", aspect="auto", interpolation="nearest")
     ax.set_title(name)
@@ -148,7 +148,7 @@ for prefix cutting.
 """),
     code(r"""
 fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-for ax, (name, d) in zip(axes, designs.items()):
+for ax, (name, d) in zip(axes, designs.items(), strict=True):
     im = ax.imshow(d.joint_inclusion_probabilities()[0], vmin=0, vmax=1, cmap="viridis")
     ax.set_title(f"$\\pi_{{kl}}$: {name}")
 fig.colorbar(im, ax=axes, shrink=0.8)
@@ -182,7 +182,7 @@ is biased for prefix cutting: it ignores that late tokens are kept less often th
 yK = np.broadcast_to(y[0], (K, N))
 maskK = np.broadcast_to(mask[0], (K, N))
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), sharey=True)
-for ax, name in zip(axes, names):
+for ax, name in zip(axes, names, strict=True):
     d = make_design(name, maskK)
     s = d.draw(2)
     ht = nat.ht_total(yK, s, d.inclusion_probabilities())
@@ -305,9 +305,15 @@ fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
 for n in names:
     a1.plot(budgets, rel[n], marker="o", label=n)
     a2.plot(budgets, maxw[n], marker="o", label=n)
-a1.set_yscale("log"); a1.set_xlabel("keep fraction"); a1.set_ylabel("relative variance")
-a2.set_yscale("log"); a2.set_xlabel("keep fraction"); a2.set_ylabel("largest HT weight")
-a1.legend(fontsize=8); a1.grid(alpha=0.3); a2.grid(alpha=0.3)
+a1.set_yscale("log")
+a1.set_xlabel("keep fraction")
+a1.set_ylabel("relative variance")
+a2.set_yscale("log")
+a2.set_xlabel("keep fraction")
+a2.set_ylabel("largest HT weight")
+a1.legend(fontsize=8)
+a1.grid(alpha=0.3)
+a2.grid(alpha=0.3)
 fig.tight_layout()
 """),
     md(r"""
@@ -370,8 +376,12 @@ for a in [0.01, 0.05, 0.1, 0.2]:
         xs.append(keep)
         vs.append(float(np.sum(s.variance) / np.sum(y.sum(1) ** 2)))
     ax.plot(xs, vs, marker="o", label=f"full_keep={a}")
-ax.set_yscale("log"); ax.set_xlabel("keep fraction"); ax.set_ylabel("relative variance")
-ax.set_title("prefix cutting"); ax.legend(); ax.grid(alpha=0.3)
+ax.set_yscale("log")
+ax.set_xlabel("keep fraction")
+ax.set_ylabel("relative variance")
+ax.set_title("prefix cutting")
+ax.legend()
+ax.grid(alpha=0.3)
 fig.tight_layout()
 """),
     code(r"""
@@ -445,7 +455,8 @@ for name, (make_d, method) in cases.items():
     ax.hist(v / exact, bins=60, histtype="step", lw=1.5, density=True,
             label=f"{name}: mean ratio {np.mean(v) / exact:.2f}")
 ax.axvline(1, color="k")
-ax.set_xlabel("estimate / exact variance"); ax.legend(fontsize=8)
+ax.set_xlabel("estimate / exact variance")
+ax.legend(fontsize=8)
 ax.set_xlim(-1, 6)
 fig.tight_layout()
 """),
@@ -484,8 +495,14 @@ import numpy as np
 import torch
 
 from nat_estimators.demo.models import TinyCausalLM
-from nat_estimators.rl import (GRPOBatch, GRPOConfig, agg_loss, grpo_per_token_loss, grpo_step,
-                               token_logprobs)
+from nat_estimators.rl import (
+    GRPOBatch,
+    GRPOConfig,
+    agg_loss,
+    grpo_per_token_loss,
+    grpo_step,
+    token_logprobs,
+)
 
 torch.set_num_threads(1)    # a tiny model: one thread is fastest and robust on a busy machine
 V, P, R = 8, 4, 16          # vocabulary, prompt length, max response length
@@ -568,7 +585,7 @@ def train(design, keep, steps=40, seed=0):
     gen_sel = torch.Generator().manual_seed(seed + 2)
     log = {k: [] for k in ("reward", "loss", "full_loss", "update_s", "saved_MB",
                            "forward_tokens", "padded_tokens", "full_tokens")}
-    for step in range(steps):
+    for _ in range(steps):
         batch, reward = rollout(model, n_prompts=4, group=8, gen=gen_roll)
         log["full_loss"].append(full_token_loss(model, batch))
         t0 = time.perf_counter()
@@ -601,8 +618,12 @@ for i, (name, log) in enumerate(runs.items()):
     a2.plot(np.arange(2, len(log["loss"]) - 2), smooth(log["loss"]), color=f"C{i}",
             label=f"{name}: NAT loss (5-step avg)")
     a2.plot(log["full_loss"], color=f"C{i}", ls=":", lw=2)
-a1.set_xlabel("step"); a1.set_ylabel("mean reward of the rollouts"); a1.legend()
-a2.set_xlabel("step"); a2.set_ylabel("loss"); a2.legend(fontsize=8)
+a1.set_xlabel("step")
+a1.set_ylabel("mean reward of the rollouts")
+a1.legend()
+a2.set_xlabel("step")
+a2.set_ylabel("loss")
+a2.legend(fontsize=8)
 a2.set_title("NAT loss (solid) vs full-token loss of the same batch (dotted)", fontsize=9)
 for a in (a1, a2):
     a.grid(alpha=0.3)
@@ -630,7 +651,8 @@ fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
 labels = [r[0] for r in rows]
 for ax, idx, title in zip(axes, (1, 3, 5), ("update time (ms, median)",
                                            "tokens through the model (padded)",
-                                           "activation memory saved for backward (MB)")):
+                                           "activation memory saved for backward (MB)"),
+                            strict=True):
     ax.bar(range(3), [r[idx] for r in rows], color=["C0", "C1", "C2"])
     ax.set_xticks(range(3), labels, rotation=15, fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -712,7 +734,7 @@ for name, x in estimates.items():
 """),
     code(r"""
 fig, axes = plt.subplots(1, len(estimates), figsize=(17, 3), sharey=False)
-for ax, (name, x) in zip(axes, estimates.items()):
+for ax, (name, x) in zip(axes, estimates.items(), strict=True):
     ax.hist(x, bins=60, color="C3" if name.startswith("control") else "C0", alpha=0.8)
     ax.axvline(Y, color="k", lw=2)
     ax.axvline(x.mean(), color="orange", ls="--")
@@ -733,8 +755,12 @@ for name, x in estimates.items():
     zs = [(x[:k].mean() - Y) / (x[:k].std(ddof=1) / np.sqrt(k)) for k in ks if k <= n]
     ax.plot(ks[: len(zs)], zs, label=name, ls="--" if name.startswith("control") else "-")
 ax.axhspan(-3, 3, color="grey", alpha=0.15)
-ax.set_xscale("log"); ax.set_xlabel("K (Monte Carlo draws)"); ax.set_ylabel("z-score")
-ax.set_ylim(-15, 15); ax.legend(fontsize=7); ax.grid(alpha=0.3)
+ax.set_xscale("log")
+ax.set_xlabel("K (Monte Carlo draws)")
+ax.set_ylabel("z-score")
+ax.set_ylim(-15, 15)
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3)
 fig.tight_layout()
 """),
     md(r"""
@@ -750,8 +776,15 @@ token counts from the kept tokens.
 """),
     code(r"""
 from nat_estimators.demo.models import TinyCausalLM
-from nat_estimators.rl import (GRPOBatch, GRPOConfig, agg_loss, grpo_backward, grpo_per_token_loss,
-                               select_tokens, token_logprobs)
+from nat_estimators.rl import (
+    GRPOBatch,
+    GRPOConfig,
+    agg_loss,
+    grpo_backward,
+    grpo_per_token_loss,
+    select_tokens,
+    token_logprobs,
+)
 
 torch.manual_seed(0)
 V, P, R, B = 12, 4, 20, 8
@@ -806,7 +839,7 @@ print(f"{g_full.numel()} gradient coordinates, {Kg} draws per estimator")
     code(r"""
 zgrid = np.linspace(-5, 5, 200)
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
-for ax, (name, G) in zip(axes, draws.items()):
+for ax, (name, G) in zip(axes, draws.items(), strict=True):
     sd = G.std(0, unbiased=True)
     keep_coords = sd > 1e-12                       # coordinates with a non-degenerate estimate
     z = ((G.mean(0) - g_full) / (sd / np.sqrt(Kg)))[keep_coords].numpy()
