@@ -48,7 +48,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "jupyter_execute", "_ext", "**.ipynb_checkpoints",
-                    "_generated/*.md", "README.md"]
+                    "_generated/*.md", "README.md", "notebooks/README.md"]
 templates_path = ["_templates"]
 root_doc = "index"
 
