@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -285,3 +286,40 @@ def test_notebooks_match_generator(tmp_path, monkeypatch):
         assert fresh == committed, (
             f"{p.name} differs from its generator: run python notebooks/build_notebooks.py"
         )
+
+
+# ----------------------------------------------------------------------------- conf.py
+def _tree_state(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _side_effects(conf: Path) -> tuple[list[str], list[str]]:
+    """Environment variables changed and files written or touched (under the config's folder) by
+    running the Sphinx configuration file ``conf`` in a fresh interpreter."""
+    import subprocess
+
+    before = _tree_state(conf.parent)
+    code = ("import os, runpy; env = dict(os.environ); "
+            f"runpy.run_path({str(conf)!r}); "
+            "print(sorted(k for k in set(env) | set(os.environ) "
+            "if env.get(k) != os.environ.get(k)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    after = _tree_state(conf.parent)
+    changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
+    return json.loads(r.stdout.strip().replace("'", '"')), changed
+
+
+def test_importing_conf_py_has_no_side_effects():
+    """``docs/conf.py`` only configures; what the build generates (figures, result pages, CLI
+    help) is done by the extension in ``docs/_ext`` during the build."""
+    assert _side_effects(DOCS / "conf.py") == ([], [])
+
+
+def test_side_effect_check_rejects_a_writing_conf(tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("import os, pathlib\n"
+                    "os.environ['NAT_CONF_SIDE_EFFECT'] = '1'\n"
+                    "(pathlib.Path(__file__).parent / 'notebooks').mkdir()\n"
+                    "(pathlib.Path(__file__).parent / 'notebooks' / 'a.ipynb').write_text('{}')\n")
+    assert _side_effects(conf) == (["NAT_CONF_SIDE_EFFECT"], ["notebooks/a.ipynb"])
