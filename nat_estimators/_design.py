@@ -14,19 +14,37 @@ Every design exposes the same five methods (:doc:`/theory/designs`):
 * :meth:`Design.draw` — the convenience path taking a numpy ``Generator``, ``torch.Generator``
   or int seed;
 * :meth:`Design.expected_size` — :math:`E|S| = \sum_k \pi_k` per row.
+
+A design is added by subclassing :class:`Design` in its own module: ``class Mine(Design,
+name="mine")`` registers it under a name (:meth:`Design.registered`) that
+:func:`~nat_estimators.rl.select_tokens`, the command line and the validation suite look up.
+Besides the contract above, a subclass may override three hooks, numpyro-style:
+
+* ``from_fraction(keep, *, mask, ...)`` — the design keeping a fraction of each row on average
+  (needed for the name to be usable by :func:`~nat_estimators.rl.select_tokens`);
+* :meth:`Design._exact_variance` / :meth:`Design._variance_estimate` — closed-form fast paths of
+  :func:`~nat_estimators.design_variance` / :func:`~nat_estimators.variance_estimate` (default:
+  the dense :math:`O(N^2)` formulas from :meth:`joint_inclusion_probabilities`);
+* :meth:`Design._row_support` — the finite support of one row, for exact enumeration
+  (:meth:`Design.enumerate_support`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from ._compat import Array, device_of, is_floating, namespace
+from ._compat import Array, device_of, float64_or_best, is_floating, namespace
 from ._validation import trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]
+
+_REGISTRY: dict[str, type[Design]] = {}
 
 
 class Design(abc.ABC):
@@ -48,6 +66,36 @@ class Design(abc.ABC):
     """
 
     mask: Array
+
+    #: Name the design is registered under (``class Mine(Design, name="mine")``); "" if none.
+    name: ClassVar[str] = ""
+    #: Extra hint appended to the error of the dense paths when a batch is too large for them.
+    _dense_hint: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, name: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name:
+            if name in _REGISTRY or name.endswith("_proportional"):
+                raise ValueError(
+                    f"a design named {name!r} is already registered (or the name ends with "
+                    "'_proportional', reserved for the size-proportional variants); pick another"
+                )
+            cls.name = name
+            _REGISTRY[name] = cls
+
+    @classmethod
+    def registered(cls) -> dict[str, type[Design]]:
+        """The registered designs by name, in registration order (a copy).
+
+        Examples
+        --------
+        >>> import nat_estimators as nat
+        >>> nat.Design.registered()["prefix"] is nat.Prefix
+        True
+        >>> sorted(nat.Design.registered())
+        ['poisson', 'prefix', 'simple_random', 'systematic']
+        """
+        return dict(_REGISTRY)
 
     # ------------------------------------------------------------------ array context
     @property
@@ -184,6 +232,73 @@ class Design(abc.ABC):
         pi = self.inclusion_probabilities()
         w = xp.where(self.mask, 1 / xp.where(self.mask, pi, xp.ones_like(pi)), xp.zeros_like(pi))
         return xp.max(w, axis=-1)
+
+    # ------------------------------------------------------------------ extension hooks
+    def _exact_variance(self, rows: Any, y: Array, cov: bool) -> Array | None:
+        """Fast path of :func:`~nat_estimators.design_variance`; ``None``: use the dense path.
+
+        ``rows`` is the variance engine's view of the call (``nat_estimators._variance_engine.
+        _Rows``: ``pi`` and ``mask`` flattened to ``(R, N)``), ``y`` the values ``(R, N, q)``;
+        return ``(R, q)`` (or ``(R, q, q)`` with ``cov``).
+        """
+        return None
+
+    def _variance_estimate(
+        self, rows: Any, y: Array, sample: Array, *, method: str, cov: bool, centered: bool
+    ) -> Array | None:
+        """Fast path of :func:`~nat_estimators.variance_estimate`; ``None``: use the dense path.
+
+        As :meth:`_exact_variance`, with the sample ``(R, N)`` (``y`` is 0 outside it),
+        ``method`` ``"ht"`` or ``"syg"`` and ``centered`` when ``y`` are Hájek residuals (their
+        HT total is exactly 0).
+        """
+        return None
+
+    def _row_support(self, row: int) -> list[tuple[float, Any]]:
+        """Every outcome of row ``row`` (an index of the first axis) as ``(probability, u)``.
+
+        ``u`` is a Python float (one uniform per row) or a list of floats (one per position) that
+        :meth:`sample` maps to the outcome.  Overridden by designs with a small finite support.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not enumerate its support (it has no _row_support)"
+        )
+
+    def _row_lists(self, row: int) -> tuple[list[float], list[bool]]:
+        """``pi`` and ``mask`` of row ``row`` as Python lists (for :meth:`_row_support`)."""
+        pi = self.inclusion_probabilities()[row, ...]
+        mask = self.mask[row, ...]
+        n = self.num_units
+        return [float(pi[k]) for k in range(n)], [bool(mask[k]) for k in range(n)]
+
+    def enumerate_support(self) -> Iterator[tuple[float, Array]]:
+        r"""Every sample of a small batch with its probability: ``(P(S), S)`` pairs.
+
+        The batch's outcomes are the product of its rows' (each row is drawn independently);
+        every sample is produced by :meth:`sample` from uniforms inside the outcome's region, so
+        the enumeration checks the selection rule as well as the probabilities.  The number of
+        outcomes grows as the product of the rows' support sizes: meant for a few short rows
+        (exact checks and tests).  Samples may repeat (the probabilities then add up).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Prefix(np.array([[1.0, 0.5, 0.25]]))
+        >>> [(p, s.astype(int).tolist()) for p, s in d.enumerate_support()]
+        [(0.5, [[1, 0, 0]]), (0.25, [[1, 1, 0]]), (0.25, [[1, 1, 1]])]
+        """
+        if len(self.batch_shape) != 1:
+            raise ValueError(
+                "enumerate_support needs a design with one leading row axis, got batch shape "
+                f"{self.batch_shape}"
+            )
+        xp = self.xp
+        dtype = float64_or_best(xp, self.device)
+        per_row = [self._row_support(i) for i in range(self.batch_shape[0])]
+        for combo in itertools.product(*per_row):
+            u = xp.asarray([c[1] for c in combo], dtype=dtype, device=self.device)
+            yield math.prod(c[0] for c in combo), self.sample(u)
 
     def __repr__(self) -> str:
         return (

@@ -17,7 +17,6 @@ from ._compat import Array, is_torch_namespace
 from ._design import Design
 from ._units import Units, align_units
 from ._validation import check_bool_mask
-from .systematic import Systematic
 
 
 class BiasedVarianceEstimateWarning(UserWarning):
@@ -185,19 +184,6 @@ def _weights(xp: Any, pi: Array, sel: Array) -> Array:
     return xp.where(sel, 1 / xp.where(sel, pi, xp.ones_like(pi)), xp.zeros_like(pi))
 
 
-def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
-    r"""Per-position weights ``pi_k - pi_{k+1}`` (``pi_{N+1} = 0``) and ``P(L = 0) = 1 - pi_1``.
-
-    ``pi`` (R, N) is the survival function :math:`P(L \ge k)` at eligible positions and 0
-    elsewhere.  At an eligible position followed by another eligible one the weight is the cut
-    probability :math:`P(L = \mathrm{rank}_k)`; across a run of ineligible positions it splits
-    into :math:`\pi_k` and :math:`-\pi_{\mathrm{next}}` (and a leading run carries
-    :math:`-\pi_{\mathrm{first}}`).  Summed against a quantity that is constant over such a
-    run — a prefix sum of increments that vanish at ineligible positions — the split parts add
-    up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
-    """
-    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
-    return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
 
 
 #: Largest dense (rows x N x N) joint-probability array the dense paths will build.
@@ -209,8 +195,7 @@ def _check_dense_size(r: _Rows, design: Design, what: str) -> None:
     size = r.n_rows * n * n
     if size > _DENSE_LIMIT:
         gib = size * 8 / 2**30
-        hint = (" For systematic samples use method='successive_differences' (O(N))."
-                if isinstance(design, Systematic) else "")
+        hint = design._dense_hint
         raise ValueError(
             f"{what} for {type(design).__name__} needs the dense {r.n_rows} x {n} x {n} joint "
             f"inclusion probabilities (~{gib:.1f} GiB in float64), above the "

@@ -14,6 +14,7 @@ Sub-commands
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Poisson, Prefix, SimpleRandom, Systematic
+from . import Poisson
 from ._design import Design
 from .variance import design_variance
 
@@ -77,18 +78,23 @@ class DesignComparison:
 
 
 def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design]:
+    """Every registered design at ``budget`` (and its size-proportional variant where it has
+    one), uniform Poisson sampling (the paper's URS, the baseline) first."""
     norms = np.linalg.norm(y, axis=-1) + 1e-3
     count = mask.sum(-1).astype(float)
-    full_keep = min(0.05, budget / 2)
-    return {
-        "poisson (uniform, URS)": Poisson.from_fraction(budget, mask=mask),
-        "poisson (pi ~ |g|)": Poisson.proportional(norms, budget * count, mask=mask),
-        "simple random": SimpleRandom.from_fraction(budget, mask=mask),
-        "systematic (uniform)": Systematic.from_fraction(budget, mask=mask),
-        "systematic (pi ~ |g|)": Systematic.proportional(norms, budget * count, mask=mask),
-        f"prefix (full_keep={full_keep:g})": Prefix.from_fraction(budget, mask=mask,
-                                                                full_keep=full_keep),
-    }
+    options = {"full_keep": min(0.05, budget / 2)}  # prefix: the full-keep atom's floor
+    out: dict[str, Design] = {"poisson (uniform, URS)": Poisson.from_fraction(budget, mask=mask)}
+    for name, cls in Design.registered().items():
+        if not hasattr(cls, "from_fraction"):
+            continue
+        accepted = inspect.signature(cls.from_fraction).parameters
+        opts = {k: v for k, v in options.items() if k in accepted}
+        label = f"{name} ({', '.join(f'{k}={v:g}' for k, v in opts.items()) or 'uniform'})"
+        if name != Poisson.name:
+            out[label] = cls.from_fraction(budget, mask=mask, **opts)
+        if hasattr(cls, "proportional"):
+            out[f"{name} (pi ~ |g|)"] = cls.proportional(norms, budget * count, mask=mask)
+    return out
 
 
 def compare_designs(

@@ -293,8 +293,10 @@ def nat_step_cost_ratio(
         Model shape (``static_bytes`` enters the peak-memory ratio).
     prompt_len, response_len : int
         :math:`P` and :math:`R`.
-    design : {"prefix", "poisson", "systematic", "simple_random"}
-        Token selection scheme.
+    design : str
+        A registered design name (:meth:`~nat_estimators.Design.registered`): ``"prefix"``
+        crops each row at its cut (the forward stops there); every other design runs the full
+        forward and the LM head on the kept fraction.
     keep : float
         Expected keep fraction :math:`\kappa`.
     full_keep, min_keep : float
@@ -316,10 +318,14 @@ def nat_step_cost_ratio(
     >>> 0.35 < r["time_ratio"] < 0.5
     True
     """
+    from ._design import Design
     from .prefix import Prefix
 
+    registered = Design.registered()
+    if design not in registered:
+        raise ValueError(f"design must be one of {tuple(registered)}; got {design!r}")
     full = step_cost(cfg, prompt_len + response_len, response_len)
-    if design == "prefix":
+    if issubclass(registered[design], Prefix):
         d = Prefix.from_fraction(keep, mask=np.ones(response_len, dtype=bool), full_keep=full_keep,
                                min_keep=min_keep)
         pmf = np.asarray(d.cut_pmf())
@@ -331,13 +337,8 @@ def nat_step_cost_ratio(
             cfg.logit_bytes * cfg.logit_copies
         )
         nat = StepCost(flops, act, cfg.static_bytes)
-    elif design in ("poisson", "systematic", "simple_random"):
-        nat = step_cost(cfg, prompt_len + response_len, keep * response_len)
     else:
-        raise ValueError(
-            f"design must be one of 'prefix', 'poisson', 'systematic', 'simple_random'; "
-            f"got {design!r}"
-        )
+        nat = step_cost(cfg, prompt_len + response_len, keep * response_len)
     return {
         "time_ratio": nat.flops / full.flops,
         "flops_ratio": nat.flops / full.flops,

@@ -14,6 +14,8 @@ measures comes from :func:`~nat_estimators.inclusion_probabilities`.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +23,14 @@ from ._compat import Array, device_of, float64_or_best, is_array, namespace
 from ._deprecation import deprecated
 from ._design import Design
 from ._validation import check_bool_mask, check_scalar_or_row_array, prepare_pi_and_mask, trusted
+from ._variance_engine import _quad, _Rows, _weights
 from .inclusion import inclusion_probabilities
 
 __all__ = ["Poisson"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Poisson(Design):
+class Poisson(Design, name="poisson"):
     r"""Poisson sampling design with inclusion probabilities ``pi``.
 
     Parameters
@@ -150,3 +153,43 @@ class Poisson(Design):
 
     def _sample(self, u: Array) -> Array:
         return (u < self.pi) & self.mask
+
+    # -------------------------------------------------------------- hooks
+    def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
+        return _var_poisson(rows, y, cov)
+
+    def _variance_estimate(
+        self, rows: _Rows, y: Array, sample: Array, *, method: str, cov: bool, centered: bool
+    ) -> Array:
+        return _est_poisson(rows, y, sample, cov)  # "syg" is refused before (random size)
+
+    def _row_support(self, row: int) -> list[tuple[float, Any]]:
+        # 2^N_i subsets; token k is in iff u_k < pi_k: u = pi/2 inside, (1 + pi)/2 outside
+        pi, mask = self._row_lists(row)
+        elig = [k for k, m in enumerate(mask) if m]
+        out = []
+        for bits in itertools.product((False, True), repeat=len(elig)):
+            p = math.prod(pi[k] if b else 1 - pi[k] for k, b in zip(elig, bits, strict=True))
+            if p > 0:
+                u = [0.5] * len(mask)
+                for k, b in zip(elig, bits, strict=True):
+                    u[k] = pi[k] / 2 if b else (1 + pi[k]) / 2
+                out.append((p, u))
+        return out
+
+
+# ---------------------------------------------------------------------------- variance formulas
+def _var_poisson(r: _Rows, y: Array, cov: bool) -> Array:
+    # Delta_kk = pi_k (1 - pi_k), Delta_kl = 0:  V = sum_k (1 - pi_k) y_k^2 / pi_k
+    xp = r.xp
+    c = xp.where(r.mask, (1 - r.pi) / xp.where(r.mask, r.pi, xp.ones_like(r.pi)),
+                 xp.zeros_like(r.pi))
+    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)
+
+
+def _est_poisson(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
+    # v_HT = sum_{k in S} (1 - pi_k) ycheck_k^2   (Delta-check_kk = 1 - pi_k, 0 off the diagonal)
+    xp = r.xp
+    w = _weights(xp, r.pi, s)
+    c = w * w * (1 - r.pi)
+    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)

@@ -36,12 +36,13 @@ from ._validation import (
     resolve_mask,
     trusted,
 )
+from ._variance_engine import _lin, _outer, _per_row, _Rows, _scan_sq, _weights
 
 __all__ = ["Prefix"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Prefix(Design):
+class Prefix(Design, name="prefix"):
     r"""Random prefix cutting with survival function ``pi`` over each row's eligible tokens.
 
     Parameters
@@ -303,3 +304,76 @@ class Prefix(Design):
     def _sample(self, u: Array) -> Array:
         xp = self.xp
         return (xp.astype(u, float64_or_best(xp, self.device))[..., None] < self.pi) & self.mask
+
+    # -------------------------------------------------------------- hooks
+    def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
+        return _var_prefix(rows, y, cov)
+
+    def _variance_estimate(
+        self, rows: _Rows, y: Array, sample: Array, *, method: str, cov: bool, centered: bool
+    ) -> Array | None:
+        if method != "ht":
+            return None  # "syg" is refused before (random size)
+        return _est_prefix(rows, y, sample, cov, centered)
+
+    def _row_support(self, row: int) -> list[tuple[float, Any]]:
+        # the N_i + 1 cuts; cut L keeps token k iff u < pi_k: u between s_{L+1} and s_L
+        pi, mask = self._row_lists(row)
+        pmf = self.cut_pmf()[row, ...]
+        s = [1.0, *(p for p, m in zip(pi, mask, strict=True) if m), 0.0]
+        out = []
+        for cut in range(len(s) - 1):
+            p = float(pmf[cut])
+            if p > 0:
+                out.append((p, 0.5 * (s[cut] + s[cut + 1])))
+        return out
+
+
+# ---------------------------------------------------------------------------- variance formulas
+def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
+    r"""Per-position weights ``pi_k - pi_{k+1}`` (``pi_{N+1} = 0``) and ``P(L = 0) = 1 - pi_1``.
+
+    ``pi`` (R, N) is the survival function :math:`P(L \ge k)` at eligible positions and 0
+    elsewhere.  At an eligible position followed by another eligible one the weight is the cut
+    probability :math:`P(L = \mathrm{rank}_k)`; across a run of ineligible positions it splits
+    into :math:`\pi_k` and :math:`-\pi_{\mathrm{next}}` (and a leading run carries
+    :math:`-\pi_{\mathrm{first}}`).  Summed against a quantity that is constant over such a
+    run — a prefix sum of increments that vanish at ineligible positions — the split parts add
+    up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
+    """
+    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
+    return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
+
+
+def _var_prefix(r: _Rows, y: Array, cov: bool) -> Array:
+    # Sum over the N + 1 possible cuts L = j:  V = sum_j P(L = j) (C_j - Y)^2, where C_j is the
+    # HT total of the first j eligible tokens (C_0 = 0).  Every term is >= 0 (no cancellation).
+    xp = r.xp
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
+    w = _weights(xp, r.pi, r.mask)
+    m = xp.astype(r.mask, r.pi.dtype)
+
+    def chunk(yc: Array, wc: Array, pc: Array, mc: Array, p0c: Array) -> Array:
+        total = _lin(xp, yc, mc)
+        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
+
+    return r.run(chunk, y, w, p_pos, m, p0)
+
+
+def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Array:
+    # Delta-check_kl = 1 - max(pi_k, pi_l) = 1 - pi_min(k,l) (pi non-increasing).  Summing by parts
+    # over the cuts: v_HT = sum_{j=0}^{N} P(L = j) (C_j - Yhat)^2, where C_j is the HT total of the
+    # sample's first j eligible tokens — the exact-variance formula with the estimate Yhat in place
+    # of Y.  Non-negative, and no cancellation.  ``centered``: y are Hájek residuals, whose HT total
+    # is exactly 0 — use that 0 rather than a rounded sum of large terms (float32, tiny pi).
+    xp = r.xp
+    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
+    w = _weights(xp, r.pi, s)
+
+    def chunk(yc: Array, wc: Array, pc: Array, p0c: Array) -> Array:
+        total = _lin(xp, yc, wc)
+        if centered:
+            total = xp.zeros_like(total)
+        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
+
+    return r.run(chunk, y, w, p_pos, p0)

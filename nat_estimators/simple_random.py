@@ -11,13 +11,24 @@ Every subset of size :math:`n` has probability :math:`1/\binom{N}{n}`, hence
 
 from __future__ import annotations
 
+import itertools
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._compat import Array, float64_or_best, gather_last, is_array, namespace, sort_last
 from ._design import Design
 from ._validation import check_bool_mask, check_scalar_or_row_array, resolve_mask
+from ._variance_engine import (
+    BiasedVarianceEstimateWarning,
+    _lin,
+    _outer,
+    _per_row,
+    _quad,
+    _Rows,
+    _weights,
+)
 
 __all__ = ["SimpleRandom"]
 
@@ -43,7 +54,7 @@ def _as_integer_sizes(xp: Any, n: Any, batch_shape: tuple[int, ...], dev: Any) -
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SimpleRandom(Design):
+class SimpleRandom(Design, name="simple_random"):
     r"""Simple random sampling without replacement of ``n`` eligible tokens per row.
 
     Parameters
@@ -208,3 +219,93 @@ class SimpleRandom(Design):
         tie_rank = xp.cumulative_sum(xp.astype(tied, xp.int64), axis=-1)
         take = tied & (tie_rank <= need[..., None])
         return (below | take) & (self.n > 0)[..., None]
+
+    # -------------------------------------------------------------- hooks
+    def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
+        return _var_srs(rows, y, self, cov)
+
+    def _variance_estimate(
+        self, rows: _Rows, y: Array, sample: Array, *, method: str, cov: bool, centered: bool
+    ) -> Array:
+        return _est_srs(rows, y, sample, self, method, cov)
+
+    def _row_support(self, row: int) -> list[tuple[float, Any]]:
+        # the C(N_i, n_i) subsets, equally likely; the n smallest uniforms are kept
+        _, mask = self._row_lists(row)
+        elig = [k for k, m in enumerate(mask) if m]
+        combos = list(itertools.combinations(elig, int(self.n[row, ...])))
+        out = []
+        for c in combos:
+            u = [0.75] * len(mask)
+            for k in c:
+                u[k] = 0.25
+            out.append((1.0 / len(combos), u))
+        return out
+
+
+# ---------------------------------------------------------------------------- variance formulas
+def _var_srs(r: _Rows, y: Array, design: SimpleRandom, cov: bool) -> Array:
+    # V = N^2 (1 - n/N) S^2 / n,  S^2 = sum (y - ybar)^2 / (N - 1)   (Sarndal et al. eq. 3.3.8)
+    xp = r.xp
+    dt = r.pi.dtype
+    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+    if bool(xp.any((n == 0) & (cnt > 0))):
+        raise ValueError(
+            "a SimpleRandom row samples n = 0 of N > 0 eligible tokens: pi = 0 there and the HT "
+            "total is not unbiased, so its variance is undefined; use n >= 1"
+        )
+    one = xp.ones_like(cnt)
+    m = xp.astype(r.mask, dt)
+    inv_cnt = xp.where(cnt > 0, 1 / xp.where(cnt > 0, cnt, one), xp.zeros_like(cnt))
+    factor = xp.where((cnt > 1) & (n > 0),
+                      cnt * (cnt - n) / (xp.where(n > 0, n, one) * xp.where(cnt > 1, cnt - 1, one)),
+                      xp.zeros_like(cnt))
+
+    def chunk(yc: Array, mc: Array, ic: Array, fc: Array) -> Array:
+        ybar = _lin(xp, yc, mc) * ic[:, None]
+        dev = yc - ybar[:, None, :]
+        return _quad(xp, dev, mc, cov) * _per_row(fc, cov)
+
+    return r.run(chunk, y, m, inv_cnt, factor)
+
+
+def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, cov: bool) -> Array:
+    # Delta-check is constant off the diagonal: c = 1 - pi^2/pi_kl = (n - N) / (N (n - 1)), and
+    # 1 - pi on it.  With m sampled units, a = ycheck, abar their mean and SS = sum_S (a - abar)^2:
+    #   v_HT  = (1 - pi - c) SS + m ((1 - pi) + c (m - 1)) abar^2   (second term 0 when m = n)
+    #   v_SYG = -c m SS
+    # i.e. N^2 (1 - f) s^2 / n for a valid sample, computed from deviations (no cancellation).
+    xp = r.xp
+    dt = r.pi.dtype
+    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+    one = xp.ones_like(n)
+    if bool(xp.any((n == 1) & (cnt > 1))):
+        what = "0" if method == "syg" else "(1 - pi) ycheck^2, from the sampled unit alone"
+        warnings.warn(
+            "SimpleRandom with n = 1 has pi_kl = 0 for every pair: the variance estimate is "
+            f"biased (it is {what}); use n >= 2",
+            BiasedVarianceEstimateWarning,
+            stacklevel=3,
+        )
+    ok = (n > 1) & (cnt > 1)
+    c = xp.where(ok, (n - cnt) / (xp.where(ok, cnt, one) * xp.where(ok, n - 1, one)),
+                 xp.zeros_like(n))
+    pi_row = xp.where(cnt > 0, n / xp.where(cnt > 0, cnt, one), xp.zeros_like(n))
+    sf = xp.astype(s, dt)
+    m = xp.sum(sf, axis=-1)
+    inv_m = xp.where(m > 0, 1 / xp.where(m > 0, m, one), xp.zeros_like(m))
+    w = _weights(xp, r.pi, s)
+    if method == "syg":
+        f_ss, f_mean = -c * m, xp.zeros_like(m)
+    else:
+        f_ss, f_mean = 1 - pi_row - c, m * ((1 - pi_row) + c * (m - 1))
+
+    def chunk(yc: Array, wc: Array, sc: Array, ic: Array, fs: Array, fm: Array) -> Array:
+        a = wc[:, :, None] * yc
+        abar = _lin(xp, yc, wc) * ic[:, None]
+        ss = _quad(xp, a - abar[:, None, :], sc, cov)
+        return _per_row(fs, cov) * ss + _per_row(fm, cov) * _outer(xp, abar, cov)
+
+    return r.run(chunk, y, w, sf, inv_m, f_ss, f_mean)

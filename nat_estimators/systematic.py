@@ -33,13 +33,16 @@ Horvitz–Thompson variance estimator is then biased, and
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._compat import Array, float64_or_best
+from ._compat import Array, float64_or_best, gather_last
 from ._deprecation import deprecated
 from ._design import Design
 from ._validation import prepare_pi_and_mask, trusted
+from ._variance_engine import _lin, _Rows, _scan_sq, _weights
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
 
@@ -47,7 +50,7 @@ __all__ = ["Systematic"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Systematic(Design):
+class Systematic(Design, name="systematic"):
     r"""Madow's systematic sampling with inclusion probabilities ``pi``, one uniform per row.
 
     Parameters
@@ -192,3 +195,57 @@ class Systematic(Design):
         # positions are never selected without an extra mask pass
         first = f[..., :1] > xp.floor(-uu)
         return xp.concat([first, f[..., 1:] > f[..., :-1]], axis=-1)
+
+    # -------------------------------------------------------------- hooks
+    _dense_hint = " For systematic samples use method='successive_differences' (O(N))."
+
+    def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
+        return _var_systematic(rows, y, self, cov)
+
+    def _row_support(self, row: int) -> list[tuple[float, Any]]:
+        # the sample is a step function of u with breakpoints frac(V_k): one u per interval
+        pi, _ = self._row_lists(row)
+        v = list(itertools.accumulate(pi, initial=0.0))
+        br = sorted({0.0, 1.0, *(x - math.floor(x) for x in v)})
+        return [(b - a, 0.5 * (a + b)) for a, b in itertools.pairwise(br) if b - a > 1e-15]
+
+
+# ---------------------------------------------------------------------------- variance formulas
+def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
+    # u -> HT total is a step function on [0, 1).  Token k (0-based) is selected iff u lies in the
+    # arc (t_k, t_k + pi_k] (mod 1), t_k = frac(V_{k-1}); token k's arc ends where token k+1's
+    # starts, so the N + 1 points t_0 = 0, ..., t_{N-1}, frac(V_{N-1}) are the only breakpoints.
+    # At t_k the total jumps by ycheck_k - ycheck_{k-1} (ycheck_{-1} = ycheck_N = 0).  Starting from
+    # the sample at u = 0 and sweeping the sorted breakpoints: V = sum |interval| (value - Y)^2.
+    # Everything follows the sampling rule on the same rounded cumulative sums V_k.
+    xp = r.xp
+    dt = r.pi.dtype
+    f64 = float64_or_best(xp, design.device)
+    pi = xp.reshape(xp.astype(design.pi, f64), (r.n_rows, -1))
+    v = xp.cumulative_sum(pi, axis=-1)
+    zero1 = xp.zeros((r.n_rows, 1), dtype=f64, device=design.device)
+    vprev = xp.concat([zero1, v[:, :-1]], axis=-1)
+    pos = xp.concat([vprev - xp.floor(vprev), v[:, -1:] - xp.floor(v[:, -1:])], axis=-1)
+    order = xp.argsort(pos, axis=-1, stable=True)
+    ps = gather_last(xp, pos, order)
+    lengths = xp.astype(xp.concat([ps[:, 1:], zero1 + 1], axis=-1) - ps, dt)
+    at0 = (xp.floor(v) > xp.floor(vprev)) & r.mask  # the sample at u = 0 (Madow's rule)
+    w = _weights(xp, r.pi, r.mask)
+    w0 = xp.where(at0, w, xp.zeros_like(w))
+    # A token whose rounded arc V_k - V_{k-1} reaches 1 (pi_k = 1, up to rounding of the cumulative
+    # sum) is selected for every u by the sampling rule: it is in the sample at u = 0 and has no
+    # breakpoints (its start/end points could otherwise come out of order by one ulp).
+    w = xp.where((v - vprev) >= 1, xp.zeros_like(w), w)
+    m = xp.astype(r.mask, dt)
+
+    def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
+        nr, _, q = yc.shape
+        yck = wc[:, :, None] * yc
+        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
+        steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
+        idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
+        ds = xp.take_along_axis(steps, idx, axis=1)
+        start = _lin(xp, yc, w0c) - _lin(xp, yc, mc)  # HT total at u = 0 minus Y
+        return _scan_sq(xp, ds, None, lc, start, cov)
+
+    return r.run(chunk, y, w, w0, m, order, lengths)

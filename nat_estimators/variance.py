@@ -31,9 +31,7 @@ prefix cutting and systematic sampling by summing over their small support (:mat
 
 from __future__ import annotations
 
-import warnings
-
-from ._compat import Array, float64_or_best, gather_last
+from ._compat import Array
 from ._deprecation import positional_arrays
 from ._design import Design
 from ._units import quiet_float_errors
@@ -43,116 +41,16 @@ from ._variance_engine import (
     _est_dense,
     _est_successive,
     _lin,
-    _outer,
-    _per_row,
-    _prefix_cut_weights,
-    _quad,
-    _Rows,
     _rows,
-    _scan_sq,
     _var_dense,
     _weights,
 )
-from .poisson import Poisson
-from .prefix import Prefix
-from .simple_random import SimpleRandom
-from .systematic import Systematic
 
 __all__ = [
     "BiasedVarianceEstimateWarning",
     "design_variance",
     "variance_estimate",
 ]
-
-
-# ---------------------------------------------------------------------------- exact variance
-def _var_poisson(r: _Rows, y: Array, cov: bool) -> Array:
-    # Delta_kk = pi_k (1 - pi_k), Delta_kl = 0:  V = sum_k (1 - pi_k) y_k^2 / pi_k
-    xp = r.xp
-    c = xp.where(r.mask, (1 - r.pi) / xp.where(r.mask, r.pi, xp.ones_like(r.pi)),
-                 xp.zeros_like(r.pi))
-    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)
-
-
-def _var_srs(r: _Rows, y: Array, design: SimpleRandom, cov: bool) -> Array:
-    # V = N^2 (1 - n/N) S^2 / n,  S^2 = sum (y - ybar)^2 / (N - 1)   (Sarndal et al. eq. 3.3.8)
-    xp = r.xp
-    dt = r.pi.dtype
-    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
-    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
-    if bool(xp.any((n == 0) & (cnt > 0))):
-        raise ValueError(
-            "a SimpleRandom row samples n = 0 of N > 0 eligible tokens: pi = 0 there and the HT "
-            "total is not unbiased, so its variance is undefined; use n >= 1"
-        )
-    one = xp.ones_like(cnt)
-    m = xp.astype(r.mask, dt)
-    inv_cnt = xp.where(cnt > 0, 1 / xp.where(cnt > 0, cnt, one), xp.zeros_like(cnt))
-    factor = xp.where((cnt > 1) & (n > 0),
-                      cnt * (cnt - n) / (xp.where(n > 0, n, one) * xp.where(cnt > 1, cnt - 1, one)),
-                      xp.zeros_like(cnt))
-
-    def chunk(yc: Array, mc: Array, ic: Array, fc: Array) -> Array:
-        ybar = _lin(xp, yc, mc) * ic[:, None]
-        dev = yc - ybar[:, None, :]
-        return _quad(xp, dev, mc, cov) * _per_row(fc, cov)
-
-    return r.run(chunk, y, m, inv_cnt, factor)
-
-
-def _var_prefix(r: _Rows, y: Array, cov: bool) -> Array:
-    # Sum over the N + 1 possible cuts L = j:  V = sum_j P(L = j) (C_j - Y)^2, where C_j is the
-    # HT total of the first j eligible tokens (C_0 = 0).  Every term is >= 0 (no cancellation).
-    xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
-    w = _weights(xp, r.pi, r.mask)
-    m = xp.astype(r.mask, r.pi.dtype)
-
-    def chunk(yc: Array, wc: Array, pc: Array, mc: Array, p0c: Array) -> Array:
-        total = _lin(xp, yc, mc)
-        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
-
-    return r.run(chunk, y, w, p_pos, m, p0)
-
-
-def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
-    # u -> HT total is a step function on [0, 1).  Token k (0-based) is selected iff u lies in the
-    # arc (t_k, t_k + pi_k] (mod 1), t_k = frac(V_{k-1}); token k's arc ends where token k+1's
-    # starts, so the N + 1 points t_0 = 0, ..., t_{N-1}, frac(V_{N-1}) are the only breakpoints.
-    # At t_k the total jumps by ycheck_k - ycheck_{k-1} (ycheck_{-1} = ycheck_N = 0).  Starting from
-    # the sample at u = 0 and sweeping the sorted breakpoints: V = sum |interval| (value - Y)^2.
-    # Everything follows the sampling rule on the same rounded cumulative sums V_k.
-    xp = r.xp
-    dt = r.pi.dtype
-    f64 = float64_or_best(xp, design.device)
-    pi = xp.reshape(xp.astype(design.pi, f64), (r.n_rows, -1))
-    v = xp.cumulative_sum(pi, axis=-1)
-    zero1 = xp.zeros((r.n_rows, 1), dtype=f64, device=design.device)
-    vprev = xp.concat([zero1, v[:, :-1]], axis=-1)
-    pos = xp.concat([vprev - xp.floor(vprev), v[:, -1:] - xp.floor(v[:, -1:])], axis=-1)
-    order = xp.argsort(pos, axis=-1, stable=True)
-    ps = gather_last(xp, pos, order)
-    lengths = xp.astype(xp.concat([ps[:, 1:], zero1 + 1], axis=-1) - ps, dt)
-    at0 = (xp.floor(v) > xp.floor(vprev)) & r.mask  # the sample at u = 0 (Madow's rule)
-    w = _weights(xp, r.pi, r.mask)
-    w0 = xp.where(at0, w, xp.zeros_like(w))
-    # A token whose rounded arc V_k - V_{k-1} reaches 1 (pi_k = 1, up to rounding of the cumulative
-    # sum) is selected for every u by the sampling rule: it is in the sample at u = 0 and has no
-    # breakpoints (its start/end points could otherwise come out of order by one ulp).
-    w = xp.where((v - vprev) >= 1, xp.zeros_like(w), w)
-    m = xp.astype(r.mask, dt)
-
-    def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
-        nr, _, q = yc.shape
-        yck = wc[:, :, None] * yc
-        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
-        steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
-        idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
-        ds = xp.take_along_axis(steps, idx, axis=1)
-        start = _lin(xp, yc, w0c) - _lin(xp, yc, mc)  # HT total at u = 0 minus Y
-        return _scan_sq(xp, ds, None, lc, start, cov)
-
-    return r.run(chunk, y, w, w0, m, order, lengths)
 
 
 @positional_arrays("y", "design")
@@ -227,17 +125,8 @@ def design_variance(
     cov = bool(covariance)
 
     def compute(yv: Array) -> Array:
-        if method == "dense":
-            return _var_dense(r, yv, design, cov)
-        if isinstance(design, Poisson):
-            return _var_poisson(r, yv, cov)
-        if isinstance(design, SimpleRandom):
-            return _var_srs(r, yv, design, cov)
-        if isinstance(design, Prefix):
-            return _var_prefix(r, yv, cov)
-        if isinstance(design, Systematic):
-            return _var_systematic(r, yv, design, cov)
-        return _var_dense(r, yv, design, cov)
+        out = None if method == "dense" else design._exact_variance(r, yv, cov)
+        return _var_dense(r, yv, design, cov) if out is None else out
 
     xp = r.xp
     # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
@@ -259,72 +148,6 @@ def design_variance(
 _METHODS = ("ht", "syg", "successive_differences")
 _ESTIMATORS = ("ht", "hajek")
 
-def _est_poisson(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
-    # v_HT = sum_{k in S} (1 - pi_k) ycheck_k^2   (Delta-check_kk = 1 - pi_k, 0 off the diagonal)
-    xp = r.xp
-    w = _weights(xp, r.pi, s)
-    c = w * w * (1 - r.pi)
-    return r.run(lambda yc, cc: _quad(xp, yc, cc, cov), y, c)
-
-
-def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, cov: bool) -> Array:
-    # Delta-check is constant off the diagonal: c = 1 - pi^2/pi_kl = (n - N) / (N (n - 1)), and
-    # 1 - pi on it.  With m sampled units, a = ycheck, abar their mean and SS = sum_S (a - abar)^2:
-    #   v_HT  = (1 - pi - c) SS + m ((1 - pi) + c (m - 1)) abar^2   (second term 0 when m = n)
-    #   v_SYG = -c m SS
-    # i.e. N^2 (1 - f) s^2 / n for a valid sample, computed from deviations (no cancellation).
-    xp = r.xp
-    dt = r.pi.dtype
-    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
-    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
-    one = xp.ones_like(n)
-    if bool(xp.any((n == 1) & (cnt > 1))):
-        what = "0" if method == "syg" else "(1 - pi) ycheck^2, from the sampled unit alone"
-        warnings.warn(
-            "SimpleRandom with n = 1 has pi_kl = 0 for every pair: the variance estimate is "
-            f"biased (it is {what}); use n >= 2",
-            BiasedVarianceEstimateWarning,
-            stacklevel=3,
-        )
-    ok = (n > 1) & (cnt > 1)
-    c = xp.where(ok, (n - cnt) / (xp.where(ok, cnt, one) * xp.where(ok, n - 1, one)),
-                 xp.zeros_like(n))
-    pi_row = xp.where(cnt > 0, n / xp.where(cnt > 0, cnt, one), xp.zeros_like(n))
-    sf = xp.astype(s, dt)
-    m = xp.sum(sf, axis=-1)
-    inv_m = xp.where(m > 0, 1 / xp.where(m > 0, m, one), xp.zeros_like(m))
-    w = _weights(xp, r.pi, s)
-    if method == "syg":
-        f_ss, f_mean = -c * m, xp.zeros_like(m)
-    else:
-        f_ss, f_mean = 1 - pi_row - c, m * ((1 - pi_row) + c * (m - 1))
-
-    def chunk(yc: Array, wc: Array, sc: Array, ic: Array, fs: Array, fm: Array) -> Array:
-        a = wc[:, :, None] * yc
-        abar = _lin(xp, yc, wc) * ic[:, None]
-        ss = _quad(xp, a - abar[:, None, :], sc, cov)
-        return _per_row(fs, cov) * ss + _per_row(fm, cov) * _outer(xp, abar, cov)
-
-    return r.run(chunk, y, w, sf, inv_m, f_ss, f_mean)
-
-
-def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Array:
-    # Delta-check_kl = 1 - max(pi_k, pi_l) = 1 - pi_min(k,l) (pi non-increasing).  Summing by parts
-    # over the cuts: v_HT = sum_{j=0}^{N} P(L = j) (C_j - Yhat)^2, where C_j is the HT total of the
-    # sample's first j eligible tokens — the exact-variance formula with the estimate Yhat in place
-    # of Y.  Non-negative, and no cancellation.  ``centered``: y are Hájek residuals, whose HT total
-    # is exactly 0 — use that 0 rather than a rounded sum of large terms (float32, tiny pi).
-    xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
-    w = _weights(xp, r.pi, s)
-
-    def chunk(yc: Array, wc: Array, pc: Array, p0c: Array) -> Array:
-        total = _lin(xp, yc, wc)
-        if centered:
-            total = xp.zeros_like(total)
-        return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
-
-    return r.run(chunk, y, w, p_pos, p0)
 
 @positional_arrays("y", "sample", "design", renamed={"mask": "sample"})
 def variance_estimate(
@@ -439,12 +262,10 @@ def variance_estimate(
     cov = bool(covariance)
     if method == "successive_differences":
         out = _est_successive(r, yv, s, cov)
-    elif isinstance(design, Poisson):
-        out = _est_poisson(r, yv, s, cov)
-    elif isinstance(design, SimpleRandom):
-        out = _est_srs(r, yv, s, design, method, cov)
-    elif isinstance(design, Prefix) and method == "ht":
-        out = _est_prefix(r, yv, s, cov, centered=estimator == "hajek")
     else:
-        out = _est_dense(r, yv, s, design, method, cov)
+        out = design._variance_estimate(
+            r, yv, s, method=method, cov=cov, centered=estimator == "hajek"
+        )
+        if out is None:
+            out = _est_dense(r, yv, s, design, method, cov)
     return r.restore(out, cov)

@@ -2,7 +2,8 @@ r"""Exact unbiasedness of the NAT gradient, by enumerating every selection of a 
 
 For a tiny causal policy in float64 and each design, every possible selection :math:`S` of a
 3-row batch (all cut combinations for prefix cutting, all subsets for Poisson, all
-:math:`n`-subsets for simple random sampling, all :math:`u`-intervals for systematic sampling) is
+:math:`n`-subsets for simple random sampling, all :math:`u`-intervals for systematic sampling:
+the designs' own :meth:`~nat_estimators.Design.enumerate_support`) is
 run through the real pipeline — crop at the last selected token, pack into micro-batches, backbone
 on the packed rows, head only at the selected positions, :func:`agg_loss` with HT weights and
 full-mask normalizers — and
@@ -15,9 +16,6 @@ full forward pass with the full LM head.  Negative controls: the Hájek normaliz
 """
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import pytest
 import torch
@@ -111,59 +109,6 @@ def grads(model, loss):
                       for p, x in zip(params, g, strict=True)])
 
 
-# ----------------------------------------------------------------------------- supports
-def row_support(design, i):
-    """All (probability, sample) pairs of row ``i`` of ``design``."""
-    mask = design.mask[i]
-    elig = mask.nonzero()[:, 0].tolist()
-    T = mask.shape[0]
-
-    def sample_of(kept):
-        s = torch.zeros(T, dtype=torch.bool)
-        s[list(kept)] = True
-        return s
-
-    if not elig:
-        return [(1.0, sample_of([]))]
-    pi = design.inclusion_probabilities()[i]
-    if isinstance(design, nat.Prefix):
-        pmf = design.cut_pmf()[i]
-        return [(float(pmf[j]), sample_of(elig[:j])) for j in range(len(elig) + 1)
-                if float(pmf[j]) > 0]
-    if isinstance(design, nat.Poisson):
-        out = []
-        for bits in itertools.product([0, 1], repeat=len(elig)):
-            pairs = list(zip(elig, bits, strict=True))
-            p = math.prod(float(pi[k]) if b else 1 - float(pi[k]) for k, b in pairs)
-            if p > 0:
-                out.append((p, sample_of([k for k, b in pairs if b])))
-        return out
-    if isinstance(design, nat.SimpleRandom):
-        n = int(design.n[i])
-        combos = list(itertools.combinations(elig, n))
-        return [(1 / len(combos), sample_of(c)) for c in combos]
-    if isinstance(design, nat.Systematic):
-        # the sample is a step function of u; breakpoints at frac(V_k)
-        v = torch.cumsum(pi, 0)
-        cuts = sorted({0.0, 1.0, *[float(x - math.floor(x)) for x in v.tolist()]})
-        row = nat.Systematic(pi[None], mask=mask[None])
-        acc: dict[tuple, float] = {}
-        for a, b in itertools.pairwise(cuts):
-            if b - a <= 0:
-                continue
-            s = row.sample(torch.tensor([(a + b) / 2], dtype=torch.float64))[0]
-            key = tuple(s.tolist())
-            acc[key] = acc.get(key, 0.0) + (b - a)
-        return [(p, torch.tensor(k)) for k, p in acc.items()]
-    raise AssertionError(type(design))
-
-
-def support(design):
-    rows = [row_support(design, i) for i in range(design.mask.shape[0])]
-    for combo in itertools.product(*rows):
-        yield math.prod(p for p, _ in combo), torch.stack([s for _, s in combo])
-
-
 def make_design(name, rm):
     if name == "prefix":
         return nat.Prefix.from_fraction(0.5, mask=rm, full_keep=0.1)
@@ -190,7 +135,7 @@ def expected_nat_gradients(model, batch, design, cfg, modes, *, extra=None):
     total = {m: 0.0 for m in modes}
     extra_total = {k: 0.0 for k in (extra or {})}
     mass = 0.0
-    for p, sample in support(design):
+    for p, sample in design.enumerate_support():
         mass += p
         sel = Selection.from_sample(design, sample, weight_dtype=torch.float64)
         plan = plan_batch(batch, sel, cfg)

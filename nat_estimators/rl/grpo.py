@@ -36,7 +36,7 @@ from ._checks import as_bool_mask, check_2d, check_fraction, check_same_shape
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .heads import token_logprobs
 from .loss import _SEQ_LEVEL_MSG, agg_loss, resolve_mode
-from .selection import DESIGNS, Selection, select_tokens
+from .selection import Selection, _design_names, select_tokens
 from .stats import LossNormalizers
 
 __all__ = [
@@ -151,8 +151,8 @@ class GRPOConfig:
                 f"importance_sampling_level={self.importance_sampling_level!r}: {_SEQ_LEVEL_MSG}"
             )
         resolve_mode(self.loss_mode)
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if self.design not in (names := _design_names()):
+            raise ValueError(f"design must be one of {names}, got {self.design!r}")
         check_fraction(self.keep, "keep")
         if self.normalizer not in ("ht", "hajek"):
             raise ValueError(f"normalizer must be 'ht' or 'hajek', got {self.normalizer!r}")
@@ -558,7 +558,7 @@ def grpo_backward(
     if selection is None:
         selection = select_tokens(
             batch.response_mask,
-            config.design,  # type: ignore[arg-type]
+            config.design,
             config.keep,
             sizes=batch.sizes if config.design.endswith("_proportional") else None,
             generator=generator,

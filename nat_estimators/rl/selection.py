@@ -12,12 +12,12 @@ entropy, :math:`|A|`) are detached.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-from .. import Poisson, Prefix, SimpleRandom, Systematic, inclusion_probabilities
+from .. import Prefix, inclusion_probabilities
 from .._deprecation import deprecated
 from .._design import Design
 from ..estimators import ht_weights
@@ -25,17 +25,20 @@ from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weigh
 
 __all__ = ["DESIGNS", "Selection", "select_tokens"]
 
-DesignName = Literal[
-    "prefix",
-    "poisson",
-    "simple_random",
-    "systematic",
-    "poisson_proportional",
-    "systematic_proportional",
-]
+_PROPORTIONAL = "_proportional"
 
-#: Design names :func:`select_tokens` accepts.
-DESIGNS: tuple[str, ...] = get_args(DesignName)
+
+def _design_names() -> tuple[str, ...]:
+    """Every registered design (:meth:`Design.registered`) that has ``from_fraction``, then the
+    size-proportional variants ``<name>_proportional`` of those that have ``proportional``."""
+    reg = Design.registered()
+    plain = tuple(n for n, cls in reg.items() if hasattr(cls, "from_fraction"))
+    return plain + tuple(n + _PROPORTIONAL for n in plain if hasattr(reg[n], "proportional"))
+
+
+#: Design names :func:`select_tokens` accepts (the designs registered when
+#: :mod:`nat_estimators.rl` is imported; :func:`select_tokens` also finds designs registered later).
+DESIGNS: tuple[str, ...] = _design_names()
 
 
 def _crop_lengths(sample: torch.Tensor) -> torch.Tensor:
@@ -157,7 +160,7 @@ def _proportional_pi(
 
 def select_tokens(
     response_mask: torch.Tensor,
-    design: DesignName | Design = "prefix",
+    design: str | Design = "prefix",
     keep: float = 0.5,
     *,
     sizes: torch.Tensor | None = None,
@@ -246,10 +249,11 @@ def select_tokens(
         if sizes is not None:
             raise ValueError("sizes is only used when the design is given by name")
     else:
-        if design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS} or a Design, got {design!r}")
+        names = _design_names()
+        if design not in names:
+            raise ValueError(f"design must be one of {names} or a Design, got {design!r}")
         kappa = check_fraction(keep, "keep")
-        proportional = design.endswith("_proportional")
+        proportional = design.endswith(_PROPORTIONAL)
         if proportional:
             if sizes is None:
                 raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
@@ -265,18 +269,15 @@ def select_tokens(
                 )
         elif sizes is not None:
             raise ValueError(f"sizes is only used by the proportional designs, not {design!r}")
-        if design == "prefix":
-            d = Prefix.from_fraction(kappa, mask=m, full_keep=full_keep, min_keep=min_keep)
-        elif design == "poisson":
-            d = Poisson.from_fraction(kappa, mask=m)
-        elif design == "simple_random":
-            d = SimpleRandom.from_fraction(kappa, mask=m)
-        elif design == "systematic":
-            d = Systematic.from_fraction(kappa, mask=m)
-        else:
+        cls = Design.registered()[design.removesuffix(_PROPORTIONAL)]
+        if proportional:
             assert sizes is not None
-            pi = _proportional_pi(sizes, m, kappa)
-            d = (Poisson if design == "poisson_proportional" else Systematic)(pi, mask=m)
+            d = cls(_proportional_pi(sizes, m, kappa), mask=m)  # type: ignore[call-arg]
+        else:
+            accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
+            options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
+                       if k in accepted}
+            d = cls.from_fraction(kappa, mask=m, **options)  # type: ignore[attr-defined]
     if generator is None:
         u = torch.rand(d.uniform_shape, dtype=torch.float64, device=dev)
         sample = d.sample(u)

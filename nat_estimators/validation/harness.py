@@ -1,12 +1,12 @@
 r"""Shared machinery of the validation suite: rollout batches from the committed policies, the
-full-token reference, the NAT pipeline gradient, exact enumeration of selections, per-token
-gradients and the statistics.
+full-token reference, the NAT pipeline gradient, per-token gradients and the statistics (exact
+enumeration of selections is the designs' own ``enumerate_support``).
 
 Only public API of ``nat_estimators`` is used: designs (``inclusion_probabilities``, ``sample``,
-``cut_pmf``), ``design_variance``, and from :mod:`nat_estimators.rl`: ``select_tokens``,
-``Selection``, ``ht_weights``, ``agg_loss``, ``loss_coefficients``, ``LossNormalizers``,
-``GRPOBatch``/``GRPOConfig``, ``plan_batch``/``grpo_micro_batches`` (crop + pack, backbone on the
-packed rows, head at the selected positions).
+``enumerate_support``, ``rows``), ``design_variance``, and from :mod:`nat_estimators.rl`:
+``select_tokens``, ``Selection``, ``ht_weights``, ``agg_loss``, ``loss_coefficients``,
+``LossNormalizers``, ``GRPOBatch``/``GRPOConfig``, ``plan_batch``/``grpo_micro_batches`` (crop +
+pack, backbone on the packed rows, head at the selected positions).
 
 The full-token reference is written here independently of the package: a full (uncropped)
 forward pass with the full LM head, the clipped GRPO per-token loss with k3-KL and entropy terms
@@ -16,13 +16,10 @@ written out, and the trainers' aggregation formulas of docs/rl/overview.md writt
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -58,7 +55,6 @@ __all__ = [
     "KEEP",
     "KL_COEF",
     "Case",
-    "enumerate_selections",
     "flat",
     "full_gradients",
     "full_objective",
@@ -376,58 +372,6 @@ def pipeline_gradients(
         out[name] = flat(torch.autograd.grad(totals[name], params, retain_graph=True,
                                              allow_unused=True), params)
     return out
-
-
-# ----------------------------------------------------------------------------- enumeration
-def _row_uniforms(design: nat.Design, i: int) -> list[tuple[float, Any]]:
-    """Every outcome of row ``i`` as (probability, the uniforms that produce it)."""
-    mask = design.mask[i].cpu().numpy()
-    pi = design.inclusion_probabilities()[i].detach().cpu().numpy().astype(np.float64)
-    if isinstance(design, nat.Prefix):
-        pmf = design.cut_pmf()[i].cpu().numpy()
-        s = np.concatenate([[1.0], pi[mask], [0.0]])  # survival s_0 = 1 .. s_{N+1} = 0
-        return [(float(pmf[L]), 0.5 * (s[L] + s[L + 1])) for L in range(len(s) - 1)
-                if pmf[L] > 0]
-    if isinstance(design, nat.Systematic):
-        v = np.concatenate([[0.0], np.cumsum(pi)])
-        br = np.unique(np.concatenate([[0.0, 1.0], v - np.floor(v)]))
-        return [(float(b - a), 0.5 * (a + b)) for a, b in itertools.pairwise(br) if b - a > 1e-15]
-    idx = np.flatnonzero(mask)
-    if isinstance(design, nat.Poisson):
-        out = []
-        for bits in itertools.product((False, True), repeat=len(idx)):
-            p = float(np.prod([pi[k] if b else 1 - pi[k] for k, b in zip(idx, bits, strict=True)]))
-            if p > 0:
-                u = np.full(mask.shape, 0.5)
-                for k, b in zip(idx, bits, strict=True):
-                    u[k] = pi[k] / 2 if b else (1 + pi[k]) / 2
-                out.append((p, u))
-        return out
-    if isinstance(design, nat.SimpleRandom):
-        n = int(design.n[i])
-        combos = list(itertools.combinations(idx.tolist(), n))
-        out = []
-        for c in combos:
-            u = np.full(mask.shape, 0.75)
-            u[list(c)] = 0.25
-            out.append((1.0 / len(combos), u))
-        return out
-    raise TypeError(type(design).__name__)
-
-
-def enumerate_selections(design: nat.Design) -> Iterator[tuple[float, torch.Tensor]]:
-    """Every joint selection of a small batch with its probability, each produced by the
-    design's own ``sample(u)`` from uniforms chosen inside the outcome's region of :math:`u`
-    (a cut's interval of the survival function for prefix, an interval between breakpoints
-    :math:`V_k \\bmod 1` for systematic, per-token uniforms below/above :math:`\\pi` for Poisson,
-    the :math:`n` smallest uniforms for simple random sampling)."""
-    B = design.mask.shape[0]
-    per_row = [_row_uniforms(design, i) for i in range(B)]
-    dev = design.mask.device
-    for combo in itertools.product(*per_row):
-        p = math.prod(c[0] for c in combo)
-        u = torch.as_tensor(np.array([c[1] for c in combo], dtype=np.float64), device=dev)
-        yield p, design.sample(u)
 
 
 # ----------------------------------------------------------------------------- per-token

@@ -68,7 +68,7 @@ def test_enumeration_is_unbiased(world, policy, design):
     acc = {k: torch.zeros_like(full["token-mean"]) for k in losses}
     acc_bad = {m: torch.zeros_like(full["token-mean"]) for m in BIAS_MODES}
     p_total, pi_hat, n = 0.0, torch.zeros_like(d.inclusion_probabilities()), 0
-    for p, sample in H.enumerate_selections(d):
+    for p, sample in d.enumerate_support():
         sel = Selection.from_sample(d, sample, weight_dtype=H.DTYPE)
         grads = H.pipeline_gradients(case, sel, losses, max_tokens=EXACT_MAX_TOKENS)
         for k, g in grads.items():
@@ -117,7 +117,7 @@ def test_cropped_forward_matches_full(world, policy):
     d = case.selection("prefix", gen).design
     cfg = H.config(max_tokens=EXACT_MAX_TOKENS)
     worst, checked = 0.0, 0
-    for _, sample in H.enumerate_selections(d):
+    for _, sample in d.enumerate_support():
         sel = Selection.from_sample(d, sample, weight_dtype=H.DTYPE)
         plan = plan_batch(case.batch, sel, cfg)
         assert plan.real_tokens <= int(case.batch.attention_mask.sum())
