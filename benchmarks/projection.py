@@ -28,7 +28,7 @@ from nat_estimators.costmodel import TransformerConfig, nat_step_cost_ratio, ste
 
 #: The paper's figures for prefix cutting on Qwen3-8B at about half the tokens (Sang et al. 2026).
 PAPER = {"time_ratio": 0.71, "peak_memory_ratio": 0.82}
-#: Full-keep atom of the projected prefix design (``Prefix.from_budget``'s default).
+#: Full-keep atom of the projected prefix design (``Prefix.from_fraction``'s default).
 FULL_KEEP = 0.05
 QWEN3_8B_PARAMS = 8.19e9
 

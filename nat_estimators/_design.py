@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from ._compat import Array, device_of, float64_or_best, is_floating, namespace
-from ._validation import trusted
+from ._validation import prepare_pi_and_mask, trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]
@@ -51,8 +51,17 @@ class Design(abc.ABC):
     """Abstract base class of the sampling designs (frozen values, keyword-only options).
 
     Subclasses implement :attr:`uniform_shape`, :meth:`inclusion_probabilities`,
-    :meth:`joint_inclusion_probabilities` and the selection rule; :meth:`sample` validates the
-    uniforms and :meth:`draw` adapts a random number generator.
+    :meth:`joint_inclusion_probabilities` and the selection rule ``_sample(u)``; :meth:`sample`
+    validates the uniforms and :meth:`draw` adapts a random number generator.
+
+    A new design needs only its own module: ``class Mine(Design, name="mine")`` registers it
+    (:meth:`registered`), and with a ``from_fraction(keep, *, mask, ...)`` constructor the name
+    works in :func:`~nat_estimators.rl.select_tokens`, ``nat-estimators compare`` and the cost
+    model.  Optional hooks: ``_exact_variance`` and ``_variance_estimate`` (closed-form fast
+    paths of :func:`~nat_estimators.design_variance` and
+    :func:`~nat_estimators.variance_estimate`; without them the dense :math:`O(N^2)` formulas
+    built from :meth:`joint_inclusion_probabilities` are used) and ``_row_support`` (a row's
+    finite support, for :meth:`enumerate_support`).
 
     Examples
     --------
@@ -305,3 +314,24 @@ class Design(abc.ABC):
             f"{type(self).__name__}(batch_shape={self.batch_shape}, num_units={self.num_units}, "
             f"backend={type(self.mask).__module__.split('.')[0]}, device={self.device})"
         )
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class _PiDesign(Design):
+    """A design given by its first-order probabilities ``pi`` over the eligible ``mask``.
+
+    The private base of Poisson, Systematic and Prefix: the two fields, their validation (``pi``
+    in (0, 1] at eligible positions, set to 0 elsewhere) and :meth:`inclusion_probabilities`.
+    """
+
+    pi: Array
+    mask: Array = dataclasses.field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        _, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
+        object.__setattr__(self, "pi", pi)
+        object.__setattr__(self, "mask", mask)
+
+    def inclusion_probabilities(self) -> Array:
+        r""":math:`\pi_k` (0 at ineligible positions), shape ``(..., N)``."""
+        return self.pi

@@ -128,24 +128,25 @@ def compare_designs(
     return out
 
 
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
-    if not (0 < v <= 1) or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"budget must be a keep fraction in (0, 1], got {v}")
-    return v
+def _argument(convert: Any, ok: Any, kind: str, bad: str) -> Any:
+    """An argparse ``type``: ``convert`` the text (else "expected <kind>"), then check ``ok``."""
+
+    def parse(s: str) -> Any:
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{bad}, got {v}")
+        return v
+
+    return parse
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_fraction = _argument(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]",
+                      "budget must be a keep fraction in (0, 1]")
+_positive_int = _argument(int, lambda v: v >= 1, "a positive integer",
+                          "expected a positive integer")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -204,13 +204,12 @@ def ht_mean(
     np.float64(1.0)
     """
     u, _, _ = _prepare(y, sample, pi, axis)
+    return ht_total(y, sample, pi, axis=axis) / _population(population_size, u)
+
+
+def _population(population_size: Any, u: Units) -> Array:
+    """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
-    total = ht_total(y, sample, pi, axis=axis)
-    n = _population(xp, population_size, u)
-    return total / xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
-
-
-def _population(xp: Any, population_size: Any, u: Units) -> Array:
     n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
     try:
         n = xp.broadcast_to(n, u.batch_shape)
@@ -221,7 +220,7 @@ def _population(xp: Any, population_size: Any, u: Units) -> Array:
         ) from None
     if bool(xp.any(~(n > 0))) or bool(xp.any(~xp.isfinite(n))):
         raise ValueError("population_size must be finite and > 0")
-    return n
+    return xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
 
 
 @positional_arrays("y", "sample", "pi", renamed={"mask": "sample"})
@@ -287,7 +286,5 @@ def hajek_total(
     np.float64(3.3333333333333335)
     """
     u, _, _ = _prepare(y, sample, pi, axis)
-    xp = u.xp
-    n = _population(xp, population_size, u)
-    m = hajek_mean(y, sample, pi, axis=axis)
-    return m * xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
+    n = _population(population_size, u)
+    return hajek_mean(y, sample, pi, axis=axis) * n

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._compat import Array, device_of, float64_or_best, is_array, namespace
 from ._deprecation import deprecated
-from ._design import Design
-from ._validation import check_bool_mask, check_scalar_or_row_array, prepare_pi_and_mask, trusted
+from ._design import _PiDesign
+from ._validation import check_bool_mask, check_scalar_or_row_array, trusted
 from ._variance_engine import _quad, _Rows, _weights
 from .inclusion import inclusion_probabilities
 
@@ -30,7 +30,7 @@ __all__ = ["Poisson"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Poisson(Design, name="poisson"):
+class Poisson(_PiDesign, name="poisson"):
     r"""Poisson sampling design with inclusion probabilities ``pi``.
 
     Parameters
@@ -57,14 +57,6 @@ class Poisson(Design, name="poisson"):
     >>> d.sample(np.array([0.4, 0.3, 0.99]))
     array([ True, False,  True])
     """
-
-    pi: Array
-    mask: Array = field(default=None, kw_only=True)
-
-    def __post_init__(self) -> None:
-        _, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
-        object.__setattr__(self, "pi", pi)
-        object.__setattr__(self, "mask", mask)
 
     # -------------------------------------------------------------- constructors
     @classmethod
@@ -138,10 +130,6 @@ class Poisson(Design, name="poisson"):
     def uniform_shape(self) -> tuple[int, ...]:
         """One uniform per token position: ``(..., N)``."""
         return tuple(self.pi.shape)
-
-    def inclusion_probabilities(self) -> Array:
-        r""":math:`\pi_k` (0 at ineligible positions), shape ``(..., N)``."""
-        return self.pi
 
     def joint_inclusion_probabilities(self) -> Array:
         r""":math:`\pi_{kl} = \pi_k\pi_l` off the diagonal, :math:`\pi_k` on it; ``(..., N, N)``."""

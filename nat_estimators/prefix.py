@@ -21,18 +21,17 @@ row must be kept with positive probability, and the last tokens carry the larges
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._compat import Array, device_of, float64_or_best, gather_last, namespace
 from ._deprecation import deprecated
-from ._design import Design
+from ._design import _PiDesign
 from ._validation import (
     check_bool_mask,
     check_float_array,
     check_fraction,
     eligible_rank,
-    prepare_pi_and_mask,
     resolve_mask,
     trusted,
 )
@@ -42,7 +41,7 @@ __all__ = ["Prefix"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Prefix(Design, name="prefix"):
+class Prefix(_PiDesign, name="prefix"):
     r"""Random prefix cutting with survival function ``pi`` over each row's eligible tokens.
 
     Parameters
@@ -70,11 +69,9 @@ class Prefix(Design, name="prefix"):
     array([0.75, 0.75, 0.5 , 0.25])
     """
 
-    pi: Array
-    mask: Array = field(default=None, kw_only=True)
-
     def __post_init__(self) -> None:
-        xp, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
+        super().__post_init__()
+        xp, pi, mask = self.xp, self.pi, self.mask
         # non-increasing along eligible positions: compact the eligible values to the front
         order = xp.argsort(xp.astype(~mask, xp.int8), axis=-1, stable=True)
         pc = gather_last(xp, pi, order)
@@ -87,8 +84,6 @@ class Prefix(Design, name="prefix"):
                 "P(L >= k)); found an increase. Build it from a cut-length pmf with "
                 "Prefix.from_cut_pmf, or take a running minimum (np.minimum.accumulate)"
             )
-        object.__setattr__(self, "pi", pi)
-        object.__setattr__(self, "mask", mask)
 
     # -------------------------------------------------------------- constructors
     @classmethod

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._compat import Array, float64_or_best, gather_last
 from ._deprecation import deprecated
-from ._design import Design
-from ._validation import prepare_pi_and_mask, trusted
+from ._design import _PiDesign
+from ._validation import trusted
 from ._variance_engine import _lin, _Rows, _scan_sq, _weights
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
@@ -50,7 +50,7 @@ __all__ = ["Systematic"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Systematic(Design, name="systematic"):
+class Systematic(_PiDesign, name="systematic"):
     r"""Madow's systematic sampling with inclusion probabilities ``pi``, one uniform per row.
 
     Parameters
@@ -77,14 +77,6 @@ class Systematic(Design, name="systematic"):
     >>> d.joint_inclusion_probabilities()[0]
     array([0.5, 0. , 0.5, 0. ])
     """
-
-    pi: Array
-    mask: Array = field(default=None, kw_only=True)
-
-    def __post_init__(self) -> None:
-        _, pi, mask = prepare_pi_and_mask(self.pi, self.mask)
-        object.__setattr__(self, "pi", pi)
-        object.__setattr__(self, "mask", mask)
 
     @classmethod
     def from_fraction(cls, keep: Any, *, mask: Array) -> Systematic:
@@ -154,10 +146,6 @@ class Systematic(Design, name="systematic"):
         xp = self.xp
         n = self.expected_size()
         return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
-
-    def inclusion_probabilities(self) -> Array:
-        r""":math:`\pi_k` (0 at ineligible positions), shape ``(..., N)``."""
-        return self.pi
 
     def joint_inclusion_probabilities(self) -> Array:
         r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``.

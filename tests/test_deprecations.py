@@ -18,6 +18,7 @@ import torch
 
 import nat_estimators as nat
 from nat_estimators import rl
+from nat_estimators.demo.models import TinyCausalLM
 
 MASK = np.array([[True, True, False, True, True, True], [True, False, True, True, False, False]])
 Y = np.arange(12.0).reshape(2, 6) + 1
@@ -71,6 +72,8 @@ OLD_AND_NEW: list[tuple[str, Callable[[], Any], Callable[[], Any], str]] = [
      lambda: rl.pack_rows(TM, max_tokens=8), "pack_rows(attention_mask"),
     ("Selection.mask", lambda: _selection().mask, lambda: _selection().sample,
      "Selection.sample"),
+    ("rl.TinyCausalLM", lambda: rl.TinyCausalLM, lambda: TinyCausalLM,
+     "nat_estimators.demo.models.TinyCausalLM"),
 ]
 
 

@@ -9,8 +9,9 @@
   alternative constructors (classmethods) of those classes — has a numpydoc docstring: a summary
   line and an ``Examples`` section with at least one ``>>>`` line;
 * the narrative pages and notebooks contain no placeholder text, the plain ``python`` code blocks
-  of the theory and guide pages run, and the committed notebooks carry no outputs and match
-  their generator ``notebooks/build_notebooks.py``.
+  of the theory and guide pages run, and the committed notebooks (the tutorials' one source) are
+  valid Python notebooks and carry no outputs;
+* importing ``docs/conf.py`` has no side effects (the build's work is in ``docs/_ext``).
 
 The build itself (``sphinx-build -W``) is what CI runs for rendering; see ``docs/index.md``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -270,18 +272,51 @@ def test_notebook_in_docs_toctree(path):
     assert f"notebooks/{path.stem}" in index, f"{path.name} is not in the docs toctree"
 
 
-def test_notebooks_match_generator(tmp_path, monkeypatch):
-    """``notebooks/*.ipynb`` are what ``notebooks/build_notebooks.py`` writes."""
-    pytest.importorskip("nbformat")
-    monkeypatch.syspath_prepend(str(NOTEBOOKS))
-    sys.modules.pop("build_notebooks", None)
-    gen = importlib.import_module("build_notebooks")
-    monkeypatch.setattr(gen, "HERE", tmp_path)
-    written = gen.build()
-    assert {p.name for p in written} == {p.name for p in NOTEBOOK_FILES}
-    for p in written:
-        fresh = json.loads(p.read_text(encoding="utf-8"))
-        committed = json.loads((NOTEBOOKS / p.name).read_text(encoding="utf-8"))
-        assert fresh == committed, (
-            f"{p.name} differs from its generator: run python notebooks/build_notebooks.py"
-        )
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
+def test_notebook_is_a_valid_python_notebook(path):
+    """The committed ``.ipynb`` files are the tutorials' one source: valid nbformat 4 documents
+    with a Python 3 kernel, so JupyterLab opens them and MyST-NB executes them."""
+    nbformat = pytest.importorskip("nbformat", reason="nbformat comes with the docs extra")
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4, f"{path.name}: nbformat {nb.nbformat}"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", path.name
+    assert nb.cells and nb.cells[0].cell_type == "markdown", f"{path.name}: starts without a title"
+    assert nb.cells[0].source.startswith("# "), f"{path.name}: the first cell is not a title"
+
+
+# ----------------------------------------------------------------------------- conf.py
+def _tree_state(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def _side_effects(conf: Path) -> tuple[list[str], list[str]]:
+    """Environment variables changed and files written or touched (under the config's folder) by
+    running the Sphinx configuration file ``conf`` in a fresh interpreter."""
+    import subprocess
+
+    before = _tree_state(conf.parent)
+    code = ("import os, runpy; env = dict(os.environ); "
+            f"runpy.run_path({str(conf)!r}); "
+            "print(sorted(k for k in set(env) | set(os.environ) "
+            "if env.get(k) != os.environ.get(k)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    after = _tree_state(conf.parent)
+    changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
+    return json.loads(r.stdout.strip().replace("'", '"')), changed
+
+
+def test_importing_conf_py_has_no_side_effects():
+    """``docs/conf.py`` only configures; what the build generates (figures, result pages, CLI
+    help) is done by the extension in ``docs/_ext`` during the build."""
+    assert _side_effects(DOCS / "conf.py") == ([], [])
+
+
+def test_side_effect_check_rejects_a_writing_conf(tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("import os, pathlib\n"
+                    "os.environ['NAT_CONF_SIDE_EFFECT'] = '1'\n"
+                    "(pathlib.Path(__file__).parent / 'notebooks').mkdir()\n"
+                    "(pathlib.Path(__file__).parent / 'notebooks' / 'a.ipynb').write_text('{}')\n")
+    assert _side_effects(conf) == (["NAT_CONF_SIDE_EFFECT"], ["notebooks/a.ipynb"])

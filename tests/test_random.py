@@ -34,8 +34,8 @@ def _designs(bk: Any) -> dict[str, Any]:
             bk.asarray(np.array([[0.2, 0.2, 0.2, 0.1, 0.3, 0.0],
                                  [0.3, 0.2, 0.2, 0.3, 0.0, 0.0]])),
             mask=m),
-        "Poisson.uniform": nat.Poisson.from_fraction(0.5, mask=m),
-        "Systematic.uniform": nat.Systematic.from_fraction(0.5, mask=m),
+        "Poisson.from_fraction": nat.Poisson.from_fraction(0.5, mask=m),
+        "Systematic.from_fraction": nat.Systematic.from_fraction(0.5, mask=m),
         "SimpleRandom.from_fraction": nat.SimpleRandom.from_fraction(0.5, mask=m),
         "Poisson.proportional": nat.Poisson.proportional(
             bk.asarray(np.where(mask, 1.0, np.nan)), 1, mask=m),

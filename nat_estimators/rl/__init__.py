@@ -1,8 +1,8 @@
 r"""PyTorch plumbing for NAT ("Not All Tokens Are Needed") policy-gradient losses.
 
-The one rule (DESIGN.md §4): a token-subsampled loss is the full loss with each per-token term
-multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the full
-response mask, never from the selection**.
+The one rule (:doc:`/rl/overview`): a token-subsampled loss is the full loss with each per-token
+term multiplied by its Horvitz–Thompson weight :math:`w = I/\pi`, and **denominators come from the
+full response mask, never from the selection**.
 
 * :func:`agg_loss` / :func:`loss_coefficients` — verl's loss aggregation modes, TRL and OpenRLHF
   aliases, exact with ``weights=None``, unbiased HT estimates with weights;

@@ -1,8 +1,9 @@
 """Variance-vs-budget figure and table for the "Choosing a design and a budget" guide.
 
-Run by ``docs/conf.py`` on every build (about a second); also runnable by hand::
+Run by the docs extension (``nat_docs.py``) on every build (about a second); also runnable by
+hand::
 
-    python docs/scripts/figures.py [OUTDIR]      # default OUTDIR: docs/_generated
+    python docs/_ext/figures.py [OUTDIR]      # default OUTDIR: docs/_generated
 
 Writes ``variance_vs_budget.png`` (two panels: exact relative design variance of the
 Horvitz–Thompson gradient, and the largest HT weight, against the keep fraction) and

@@ -1,13 +1,13 @@
-"""Collect committed validation and benchmark result files into ``docs/_generated/``.
+"""Collect committed validation and benchmark result pages into ``docs/_generated/``.
 
-Run by ``docs/conf.py`` at start-up.  For each of ``validation/`` and ``benchmarks/`` it writes
-``<kind>_results.md``, which the pages ``results/validation.md`` and ``results/benchmarks.md``
-include.  If result pages (``report.md`` written by the validation suite, ``results.md`` written
-by ``benchmarks/report.py``; any depth up to 2 below the folder) are present in the checkout, their
-text is embedded with headings renumbered to nest under the page, images copied beside the generated file,
-and links to repository files turned into inline code (so the build never depends on them).  If
-none are present, the generated file says so and points at the command that produces them — the
-build never fails because a result is missing.
+Run by the docs extension (``nat_docs.py``) when a build starts.  For each of ``validation/`` and
+``benchmarks/`` it writes ``<kind>_results.md``, which the pages ``results/validation.md`` and
+``results/benchmarks.md`` include.  If result pages (``report.md`` written by the validation
+suite, ``results.md`` written by ``benchmarks/report.py``; any depth up to 2 below the folder) are
+present in the checkout, their text is embedded with headings renumbered to nest under the page,
+images copied beside the generated file, and links to repository files turned into inline code
+(so the build never depends on them).  If none are present, the generated file says so and points
+at the command that produces them — the build never fails because a result is missing.
 """
 
 from __future__ import annotations
