@@ -21,7 +21,6 @@ character tokenizer.  What is proven:
 from __future__ import annotations
 
 import doctest
-import itertools
 import math
 import os
 import socket
@@ -36,7 +35,6 @@ torch = pytest.importorskip("torch")
 from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-import nat_estimators as nat  # noqa: E402
 from nat_estimators.integrations import hf_tiny  # noqa: E402
 from nat_estimators.integrations import trl as nat_trl  # noqa: E402
 from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer  # noqa: E402
@@ -250,45 +248,8 @@ def test_keep_one_training_follows_grpo_trainer(model_dir, tok, tmp_path):
 def _support(design):
     """Exact support of a design on a tiny mask: list of (sample (B, C) bool, probability)."""
     m = design.mask
-    B, _ = m.shape
     pi = design.inclusion_probabilities().to(torch.float64)
-    rows = []
-    if isinstance(design, (nat.Poisson, nat.SimpleRandom)):
-        for i in range(B):
-            elig = m[i].nonzero()[:, 0].tolist()
-            n = round(float(pi[i].sum()))
-            out = []
-            for bits in itertools.product((False, True), repeat=len(elig)):
-                if isinstance(design, nat.SimpleRandom):
-                    if sum(bits) != n:
-                        continue
-                    p = 1.0 / math.comb(len(elig), n)
-                else:
-                    p = math.prod(float(pi[i, k]) if b else 1 - float(pi[i, k])
-                                  for k, b in zip(elig, bits, strict=True))
-                s = torch.zeros_like(m[i])
-                s[[k for k, b in zip(elig, bits, strict=True) if b]] = True
-                out.append((s, p))
-            rows.append(out)
-    else:  # one uniform per row: the sample is a step function of u; cut at every breakpoint
-        assert tuple(design.uniform_shape) == (B,), design.uniform_shape
-        cum = torch.cumsum(pi, -1)
-        br = torch.cat([pi.flatten(), torch.frac(cum).flatten(), torch.tensor([0.0, 1.0],
-                        dtype=torch.float64)])
-        br = torch.unique(br.clamp(0, 1))
-        mids, widths = (br[1:] + br[:-1]) / 2, br[1:] - br[:-1]
-        for i in range(B):
-            acc = {}
-            for u, wdt in zip(mids.tolist(), widths.tolist(), strict=True):
-                if wdt <= 0:
-                    continue
-                s = design.sample(torch.full((B,), u, dtype=torch.float64))[i]
-                key = tuple(s.tolist())
-                acc[key] = acc.get(key, 0.0) + wdt
-            rows.append([(torch.tensor(k), p) for k, p in acc.items()])
-    support = []
-    for combo in itertools.product(*rows):
-        support.append((torch.stack([s for s, _ in combo]), math.prod(p for _, p in combo)))
+    support = [(s, p) for p, s in design.enumerate_support()]
     # the enumeration is the design: probabilities sum to 1 and reproduce pi
     total = sum(p for _, p in support)
     marg = sum(p * s.to(torch.float64) for s, p in support)
