@@ -1,7 +1,7 @@
 r"""Benchmark: ``NATGRPOTrainer`` against TRL's ``GRPOTrainer`` on one loss step, side by side.
 
 Every figure is a **ratio of two configurations measured in the same run** on the same model
-(a Qwen2-shaped model built in memory, :func:`~nat_estimators.integrations.hf_tiny.tiny_qwen2`),
+(a Qwen2-shaped model built in memory, :func:`~nat_estimators.demo.hf_tiny.tiny_qwen2`),
 the same scored generation batch and the same micro-batching (``steps_per_generation`` micro-batches
 of ``per_device_train_batch_size`` rows, one optimisation step):
 
@@ -44,7 +44,7 @@ def _setup(quick: bool, tmp: str) -> dict[str, Any]:
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from nat_estimators.integrations.hf_tiny import char_tokenizer, tiny_qwen2
+    from nat_estimators.demo.hf_tiny import char_tokenizer, tiny_qwen2
     from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer
 
     size = dict(B=8, P=8, C=64, hidden=32, layers=1, spg=2) if quick else dict(

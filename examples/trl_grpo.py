@@ -13,7 +13,7 @@ import warnings
 
 from datasets import Dataset
 
-from nat_estimators.integrations.hf_tiny import char_tokenizer, tiny_qwen2
+from nat_estimators.demo.hf_tiny import char_tokenizer, tiny_qwen2
 from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer
 
 # transformers 5 deprecates names that TRL 1.16 still uses internally

@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch")
 from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from nat_estimators.integrations import hf_tiny  # noqa: E402
+from nat_estimators.demo import hf_tiny  # noqa: E402
 from nat_estimators.integrations import trl as nat_trl  # noqa: E402
 from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer  # noqa: E402
 from nat_estimators.rl import DESIGNS, Selection  # noqa: E402

@@ -303,7 +303,7 @@ class NATGRPOTrainer(GRPOTrainer):
     >>> import torch
     >>> from datasets import Dataset
     >>> from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer
-    >>> from nat_estimators.integrations.hf_tiny import char_tokenizer, tiny_qwen2
+    >>> from nat_estimators.demo.hf_tiny import char_tokenizer, tiny_qwen2
     >>> tok = char_tokenizer()
     >>> args = NATGRPOConfig(output_dir="/tmp/nat-trl-doctest", use_cpu=True, max_steps=1,
     ...                      per_device_train_batch_size=4, num_generations=4,

@@ -16,7 +16,7 @@ try:
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 except ImportError as _e:  # pragma: no cover - exercised without the extra
     raise ImportError(
-        "nat_estimators.integrations.hf_tiny needs transformers and tokenizers: install the "
+        "nat_estimators.demo.hf_tiny needs transformers and tokenizers: install the "
         "extra with pip install 'nat-estimators[trl]'"
     ) from _e
 
@@ -33,7 +33,7 @@ def char_tokenizer(chars: str = CHARS) -> Any:
 
     Examples
     --------
-    >>> from nat_estimators.integrations.hf_tiny import char_tokenizer
+    >>> from nat_estimators.demo.hf_tiny import char_tokenizer
     >>> tok = char_tokenizer()
     >>> tok("ab 1").input_ids, tok.decode([2, 3]), tok.pad_token_id, tok.eos_token_id
     ([2, 3, 38, 29], 'ab', 0, 1)
@@ -69,7 +69,7 @@ def tiny_qwen2(
 
     Examples
     --------
-    >>> from nat_estimators.integrations.hf_tiny import char_tokenizer, tiny_qwen2
+    >>> from nat_estimators.demo.hf_tiny import char_tokenizer, tiny_qwen2
     >>> model = tiny_qwen2(char_tokenizer())
     >>> model.config.model_type, model.config.vocab_size, sum(p.numel() for p in model.parameters())
     ('qwen2', 44, 3088)
