@@ -331,6 +331,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     code = int(pytest.main(argv, plugins=[progress]))
     for nodeid, text in progress.failures:
         print(f"\nFAILED {nodeid}\n{text}", file=sys.stderr)
+    print("\n".join(progress.summary()))
     counts = ", ".join(f"{n} {k}" for k, n in sorted(progress.outcomes.items()))
     print(f"validation: {counts or 'no tests ran'} (exit status {code})")
     if (report / "report.md").exists():
@@ -339,33 +340,89 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """pytest plugin for ``validate``: a tqdm bar over the tests, outcome counts, failures."""
+    """pytest plugin for ``validate``: progress, outcome counts per suite, failures.
 
-    def __init__(self) -> None:
+    On a terminal the progress is a tqdm bar.  Logged to a file or a pipe (``stream`` not a
+    TTY) a bar is one endless line of carriage returns, so the plugin writes plain lines instead:
+    what it is about to check (suites in words and their test counts), one line per finished
+    test, and (:meth:`summary`, on every stream) the outcome counts of every suite.
+    """
+
+    def __init__(self, stream: Any = None, *, tty: bool | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else tty
         self.bar: Any = None
+        self.total = 0
+        self.done = 0
         self.outcomes: dict[str, int] = {}
         self.failures: list[tuple[str, str]] = []
+        # suite (test module) -> its description; (suite, check) -> outcome counts
+        self.suites: dict[str, str] = {}
+        self.checks: dict[tuple[str, str], dict[str, int]] = {}
+        self._outcome: dict[str, str] = {}
+
+    @staticmethod
+    def _suite_and_check(nodeid: str) -> tuple[str, str]:
+        path, _, rest = nodeid.partition("::")
+        check = rest.split("[")[0].split("::")[-1].removeprefix("test_").replace("_", " ")
+        return Path(path).stem.removeprefix("test_").replace("_", " "), check
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
     def pytest_collection_finish(self, session: Any) -> None:
-        from tqdm import tqdm
+        self.total = len(session.items)
+        for item in session.items:
+            suite, check = self._suite_and_check(item.nodeid)
+            doc = (getattr(getattr(item, "module", None), "__doc__", None) or "").strip()
+            self.suites.setdefault(suite, doc.split("\n\n")[0].replace("\n", " "))
+            self.checks.setdefault((suite, check), {})
+        if self.tty:
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=len(session.items), desc="validating", unit="test",
-                        file=sys.stderr)
+            self.bar = tqdm(total=self.total, desc="validating", unit="test", file=self.stream)
+            return
+        self._print(f"validating: {self.total} tests in {len(self.suites)} suites")
+        for suite, doc in self.suites.items():
+            n = sum(1 for item in session.items
+                    if self._suite_and_check(item.nodeid)[0] == suite)
+            self._print(f"  {suite} ({n} tests): {doc}")
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.outcomes[report.outcome] = self.outcomes.get(report.outcome, 0) + 1
+            self._outcome[report.nodeid] = report.outcome
+        elif report.failed:  # an error in teardown after a passed call
+            self._outcome[report.nodeid] = "failed"
         if report.failed:
             self.failures.append((report.nodeid, report.longreprtext))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.done += 1
+        outcome = self._outcome.get(nodeid, "passed")
+        counts = self.checks.setdefault(self._suite_and_check(nodeid), {})
+        counts[outcome] = counts.get(outcome, 0) + 1
         if self.bar is not None:
             self.bar.set_postfix_str(nodeid.split("::")[-1][:40], refresh=False)
             self.bar.update(1)
+        elif not self.tty:
+            self._print(f"[{self.done}/{self.total}] {outcome:7s} {nodeid}")
 
     def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def summary(self) -> list[str]:
+        """What was checked, in words: every suite, every check, its outcome counts."""
+        lines = ["checked:"]
+        for suite, doc in self.suites.items():
+            lines.append(f"  {suite}: {doc}" if doc else f"  {suite}")
+            for (s, check), counts in self.checks.items():
+                if s == suite:
+                    text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                    lines.append(f"    {check}: {text or 'not run'}")
+        return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

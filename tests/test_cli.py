@@ -141,3 +141,68 @@ def test_compare_figure(budget: float) -> None:
               and list(ln.get_xdata()) == [budget]]
     assert len(points) == len(names)
     assert all(ln.get_markerfacecolor() == "none" for ln in points)
+
+
+# ---------------------------------------------------------------------------- validate's progress
+_SUITE = {
+    "test_alpha_checks.py": '"""Alpha checks: the first suite."""\n'
+                            "import pytest\n\n"
+                            "@pytest.mark.parametrize('k', [1, 2])\n"
+                            "def test_adds_up(k):\n    assert k > 0\n\n"
+                            "def test_broken():\n    assert 1 == 2\n",
+    "test_beta.py": '"""Beta: the second suite."""\n'
+                    "import pytest\n\n"
+                    "def test_skipped_one():\n    pytest.skip('not here')\n",
+}
+_RUNNER = """
+import io, sys, pytest
+from nat_estimators.cli import _ProgressBar
+tty = sys.argv[2] == "tty"
+stream = io.StringIO() if tty else sys.stderr
+p = _ProgressBar(stream, tty=True if tty else None)
+code = pytest.main([sys.argv[1], "-p", "no:terminal", "-p", "no:cacheprovider"],
+                   plugins=[p])
+if tty:
+    sys.stderr.write(stream.getvalue())
+print("\\n".join(p.summary()))
+"""
+
+
+def _validate_like_run(tmp_path: Path, mode: str) -> tuple[str, str]:
+    """(stdout, stderr) of the plugin on a small suite, carriage returns kept (no text mode)."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for name, text in _SUITE.items():
+        (suite / name).write_text(text)
+    r = subprocess.run([sys.executable, "-c", _RUNNER, str(suite), mode], capture_output=True,
+                       timeout=120, cwd=tmp_path)
+    return r.stdout.decode(), r.stderr.decode()
+
+
+def test_validate_progress_in_a_log_is_plain_lines(tmp_path: Path) -> None:
+    """Logged to a file or a pipe (not a TTY), ``validate`` prints lines, not a tqdm bar (one
+    endless line of carriage returns), and says in words what it checked: the suites with their
+    descriptions, each check with its outcome counts."""
+    stdout, stderr = _validate_like_run(tmp_path, "pipe")
+    assert "\r" not in stderr and "\r" not in stdout
+    err = stderr.splitlines()
+    assert err[0] == "validating: 4 tests in 2 suites"
+    assert "  alpha checks (3 tests): Alpha checks: the first suite." in err
+    assert "  beta (1 tests): Beta: the second suite." in err
+    assert sum(line.startswith("[") for line in err) == 4
+    assert any(line.startswith("[4/4]") for line in err)
+    assert any("failed  " in line and "test_broken" in line for line in err)
+    out = stdout.splitlines()
+    assert "    adds up: 2 passed" in out
+    assert "    broken: 1 failed" in out
+    assert "    skipped one: 1 skipped" in out
+    assert "  alpha checks: Alpha checks: the first suite." in out
+
+
+def test_validate_progress_on_a_terminal_is_a_bar(tmp_path: Path) -> None:
+    """Negative control of the check above: on a terminal the same run draws a tqdm bar, whose
+    carriage returns the check would reject."""
+    pytest.importorskip("tqdm")
+    _, stderr = _validate_like_run(tmp_path, "tty")
+    assert "\r" in stderr and "validating" in stderr
+    assert not any(line.startswith("[1/4]") for line in stderr.splitlines())
