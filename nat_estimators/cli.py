@@ -376,7 +376,8 @@ class _ProgressBar:
         for item in session.items:
             suite, check = self._suite_and_check(item.nodeid)
             doc = (getattr(getattr(item, "module", None), "__doc__", None) or "").strip()
-            self.suites.setdefault(suite, doc.split("\n\n")[0].replace("\n", " "))
+            first = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
+            self.suites.setdefault(suite, first)
             self.checks.setdefault((suite, check), {})
         if self.tty:
             from tqdm import tqdm
