@@ -42,6 +42,23 @@ class BiasedVarianceEstimateWarning(UserWarning):
     """
 
 
+class HajekLinearizationWarning(BiasedVarianceEstimateWarning):
+    r"""The linearized variance of the Hájek mean is used where the linearization fails.
+
+    ``variance_estimate(..., estimator="hajek")`` estimates :math:`V(\bar y_H)` from the
+    first-order (Taylor) expansion :math:`\bar y_H - \bar y \approx \hat Z / N`, which holds
+    when a row's sample is made of many roughly independent draws (Särndal, Swensson & Wretman
+    1992, §5.7).  Under prefix cutting one uniform decides the whole row, the expansion does not
+    hold, and the estimate is far too small: by exact enumeration its expectation is 0.03–0.15
+    of the true variance (rows of 10–2000 tokens; see :doc:`/theory/hajek`).  Use
+    ``estimator="ht"`` (the variance of the unbiased HT total, or of :math:`\hat Y/N`), or a
+    design with independent draws (Poisson, SimpleRandom, Systematic) when the Hájek mean's
+    variance is needed.
+
+    A subclass of :class:`BiasedVarianceEstimateWarning`: a filter on that one catches this too.
+    """
+
+
 # ---------------------------------------------------------------------------- engine
 # The fast paths work on rows flattened to (R, N, q) and process them in chunks of rows small
 # enough for the temporaries to stay in cache; every reduction over the unit axis is a matmul.
@@ -238,6 +255,12 @@ def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: b
     pi = r.pi
     both = s[:, :, None] & s[:, None, :]
     elig = r.mask[:, :, None] & r.mask[:, None, :]
+    if bool(xp.any(both & (p2 <= 0))):
+        raise ValueError(
+            f"sample contains two units that this {type(design).__name__} design never samples "
+            "together (joint inclusion probability 0), so it is not a sample of this design; pass "
+            "a sample drawn from it (design.draw / design.sample)"
+        )
     if bool(xp.any(elig & (p2 <= 0))):
         warnings.warn(
             f"{type(design).__name__} has pairs of eligible units with joint inclusion probability "

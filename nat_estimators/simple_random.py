@@ -221,6 +221,15 @@ class SimpleRandom(Design, name="simple_random"):
         return (below | take) & (self.n > 0)[..., None]
 
     # -------------------------------------------------------------- hooks
+    def _refuse_impossible(self, sample: Array) -> None:
+        xp = self.xp
+        size = xp.sum(xp.astype(sample, xp.int64), axis=-1)
+        if bool(xp.any(size != self.n)):
+            raise ValueError(
+                "sample does not have exactly n units in every row, so it is not a sample of this "
+                "SimpleRandom design (every sample has size n); pass a sample drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_srs(rows, y, self, cov)
 

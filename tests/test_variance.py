@@ -420,7 +420,7 @@ def test_variance_estimate_rejects_nan_at_sampled_units(backend: Any) -> None:
     d = nat.Poisson(backend.asarray(np.array([0.5, 0.5, 1.0])))
     y = backend.asarray(np.array([1.0, np.nan, 3.0]))
     with pytest.raises(ValueError, match="NaN or Inf at sampled"):
-        nat.variance_estimate(y, backend.asarray(np.array([True, True, False])), d)
+        nat.variance_estimate(y, backend.asarray(np.array([True, True, True])), d)
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -512,7 +512,9 @@ class TestBadInput:
                 nat.variance_estimate(y, s, d, method="syg")
 
     def test_empty_sample_hajek(self, backend: Any) -> None:
-        d, y, _ = self._setup(backend)
+        _, y, _ = self._setup(backend)
+        mask = backend.asarray(np.array([[True, True, False, True]]))
+        d = nat.Poisson(backend.asarray(np.array([[0.5, 0.5, 0.0, 0.8]])), mask=mask)
         empty = backend.asarray(np.zeros((1, 4), dtype=bool))
         with pytest.raises(ValueError, match="empty sample"):
             nat.variance_estimate(y, empty, d, estimator="hajek")

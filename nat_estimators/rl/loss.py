@@ -342,8 +342,13 @@ def agg_loss(
         or float64.  ``None`` means the full loss (:math:`w = m`).
     normalizer : {"ht", "hajek"}, default "ht"
         ``"ht"``: unbiased.  ``"hajek"``: each row's weights are self-normalised to sum to
-        :math:`L_i` (a separate ratio estimator), **biased** (:math:`O(1/n_i)`), sometimes lower
-        variance; every selected token of a row must be in the tensors passed.
+        :math:`L_i` (a separate ratio estimator), **biased**, sometimes lower variance; every
+        selected token of a row must be in the tensors passed.  The bias is :math:`O(1/n_i)`
+        only for designs whose sample is many independent draws (Poisson, simple random,
+        systematic); under prefix cutting one cut decides the whole row and the bias does **not**
+        shrink with the row length (for a loss rising linearly from 0 to 1 along the response,
+        about -0.19 at keep 0.5 for rows of 10 or 1000 tokens, exact over every cut) — see
+        :doc:`/theory/hajek`.
     num_tokens : int, float or 0-d tensor, optional
         Global :math:`N` for ``token-mean``/``dapo``/``cispo`` (default: from ``normalizers``,
         else the local full mask).  ``bnpo``/``openrlhf_token_level`` use the local count: of
