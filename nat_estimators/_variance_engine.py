@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, is_torch_namespace
+from ._compat import Array, at_least_float32, is_torch_namespace
 from ._design import Design
 from ._units import Units, align_units
 from ._validation import check_bool_mask
@@ -185,7 +185,7 @@ def _rows(y: Array, design: Design, axis: int, extra: tuple[Array, ...] = ()) ->
     u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask)
     xp = u.xp
     pi = design.inclusion_probabilities()
-    dt = xp.result_type(u.y.dtype, pi.dtype)
+    dt = at_least_float32(xp, xp.result_type(u.y.dtype, pi.dtype))
     n_rows = 1
     for b in u.batch_shape:
         n_rows *= int(b)

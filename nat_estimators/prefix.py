@@ -21,10 +21,19 @@ row must be kept with positive probability, and the last tokens carry the larges
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, device_of, float64_or_best, gather_last, namespace
+from ._compat import (
+    Array,
+    at_least_float32,
+    device_of,
+    float64_or_best,
+    gather_last,
+    is_half,
+    namespace,
+)
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import (
@@ -113,6 +122,7 @@ class Prefix(_PiDesign, name="prefix"):
         """
         xp = namespace(pmf, mask)
         pmf = check_float_array(xp, pmf, "pmf")
+        out_dtype = at_least_float32(xp, pmf.dtype)
         N = pmf.shape[-1] - 1
         if N < 1:
             raise ValueError("pmf must have length N + 1 >= 2 along its last axis (cuts 0..N)")
@@ -121,9 +131,19 @@ class Prefix(_PiDesign, name="prefix"):
             raise ValueError("pmf contains NaN or Inf")
         if bool(xp.any(pmf < 0)):
             raise ValueError("pmf contains negative probabilities")
+        # the sum of N + 1 rounded entries is off by ~sqrt(N) ulps of pmf's dtype: a valid float32
+        # pmf sums to 1 within ~1e-5, not 1e-9.  The survival function is then formed in float64
+        # from the pmf divided by its sum (a correction within that tolerance).
+        tol = max(1e-9, 16 * math.sqrt(N + 1) * float(xp.finfo(pmf.dtype).eps))
+        pmf = xp.astype(pmf, float64_or_best(xp, device_of(pmf)))
         tot = xp.sum(pmf, axis=-1)
-        if bool(xp.any(xp.abs(tot - 1) > 1e-9)):
-            raise ValueError("pmf must sum to 1 along its last axis (cut lengths 0..N)")
+        if bool(xp.any(xp.abs(tot - 1) > tol)):
+            raise ValueError(
+                "pmf must sum to 1 along its last axis (cut lengths 0..N); a row is off by "
+                f"{float(xp.max(xp.abs(tot - 1))):.3g}, beyond the rounding tolerance {tol:.2g} of "
+                "its dtype"
+            )
+        pmf = pmf / tot[..., None]
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         j = xp.arange(N + 1, dtype=xp.int64, device=device_of(pmf))
         if bool(xp.any((j > count[..., None]) & (pmf > 0))):
@@ -142,7 +162,7 @@ class Prefix(_PiDesign, name="prefix"):
         surv = xp.minimum(surv, xp.ones_like(surv))
         rank = eligible_rank(xp, mask)
         pi = gather_last(xp, surv, rank)
-        pi = xp.where(mask, pi, xp.zeros_like(pi))
+        pi = xp.astype(xp.where(mask, pi, xp.zeros_like(pi)), out_dtype)
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 
@@ -185,7 +205,8 @@ class Prefix(_PiDesign, name="prefix"):
             :math:`\mu`: fraction of each row always kept, :math:`m_i = \lfloor \mu N_i \rfloor`
             tokens (a minimum prefix).
         dtype : dtype, optional
-            Float dtype of :math:`\pi` (default float64 where available).
+            Float dtype of :math:`\pi`: float32 or float64 (default float64 where available);
+            half precision is refused.
 
         Raises
         ------
@@ -221,6 +242,12 @@ class Prefix(_PiDesign, name="prefix"):
         mu = check_fraction(min_keep, "min_keep", low_open=False)
         dev = device_of(mask)
         dt = float64_or_best(xp, dev) if dtype is None else dtype
+        if not xp.isdtype(dt, "real floating") or is_half(xp, dt):
+            raise ValueError(
+                f"dtype must be float32 or float64, got {dt}: in half precision the survival "
+                "function cannot hit the budget (float16 keeps every token, bfloat16 keeps 1520 "
+                "of 1500 asked); use float32 or float64"
+            )
         count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)
         # floor (not ceil): then every row is feasible whenever keep >= mu + a (1 - mu)
         m = xp.floor(count * mu + 1e-9)

@@ -37,6 +37,7 @@ from ._compat import Array
 from ._deprecation import positional_arrays
 from ._design import Design
 from ._units import quiet_float_errors
+from ._validation import check_finite_result
 from ._variance_engine import (
     BiasedVarianceEstimateWarning,
     HajekLinearizationWarning,
@@ -135,7 +136,7 @@ def design_variance(
     xp = r.xp
     # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
     # enter with weight 0, so a non-finite result means NaN/Inf padding there (recompute with it
-    # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (returned as is).
+    # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (an error too).
     with quiet_float_errors():
         out = compute(r.y)
     if not bool(xp.all(xp.isfinite(out))):
@@ -144,7 +145,9 @@ def design_variance(
             raise ValueError(
                 "y contains NaN or Inf at eligible units; the design variance needs all of y"
             )
-        out = compute(xp.where(m3, r.y, xp.zeros_like(r.y)))
+        with quiet_float_errors():
+            out = compute(xp.where(m3, r.y, xp.zeros_like(r.y)))
+        check_finite_result(xp, out, "the design variance")
     return r.restore(out, cov)
 
 
@@ -279,12 +282,14 @@ def variance_estimate(
         ybar = _lin(xp, yv, w) / nhat[:, None]
         yv = xp.where(s[:, :, None], (yv - ybar[:, None, :]) / nhat[:, None, None], zero)
     cov = bool(covariance)
-    if method == "successive_differences":
-        out = _est_successive(r, yv, s, cov)
-    else:
-        out = design._variance_estimate(
-            r, yv, s, method=method, cov=cov, centered=estimator == "hajek"
-        )
-        if out is None:
-            out = _est_dense(r, yv, s, design, method, cov)
+    with quiet_float_errors():  # an overflow is reported below, not as a numpy warning
+        if method == "successive_differences":
+            out = _est_successive(r, yv, s, cov)
+        else:
+            out = design._variance_estimate(
+                r, yv, s, method=method, cov=cov, centered=estimator == "hajek"
+            )
+            if out is None:
+                out = _est_dense(r, yv, s, design, method, cov)
+    check_finite_result(xp, out, "the variance estimate")
     return r.restore(out, cov)

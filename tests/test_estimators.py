@@ -154,6 +154,7 @@ def _torch_backends(backend: Any) -> None:
         pytest.skip("autograd is a torch feature")
 
 
+@pytest.mark.filterwarnings("ignore::nat_estimators.HajekLinearizationWarning")
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_autograd_gradient_is_mask_over_pi(backend: Any, bad: float) -> None:
     _torch_backends(backend)

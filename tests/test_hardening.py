@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
@@ -257,3 +258,104 @@ def test_documented_coverage_prefix_batch_total() -> None:
         v = float(nat.variance_estimate(y, s, d).sum())
         hits += abs(t - total) <= 1.96 * math.sqrt(v)
     assert 0.78 < hits / draws < 0.92  # measured 0.83 at 2000 draws: below the nominal 0.95
+
+
+# ---------------------------------------------------------------------------- half precision
+@pytest.mark.parametrize("half", ["np_float16", "torch_float16", "torch_bfloat16"])
+def test_half_precision_sizes_give_the_budget(half: str) -> None:
+    # Before: float16 sizes gave sum(pi) = 2520 for n = 2500 (numpy), bfloat16 2492.6
+    import torch
+
+    x = np.random.default_rng(0).lognormal(size=5000)
+    if half == "np_float16":
+        xs: Any = x.astype(np.float16)
+    else:
+        xs = torch.tensor(x, dtype=getattr(torch, half.split("_")[1]))
+    pi = nat.inclusion_probabilities(xs, 2500)
+    tot = float(np.asarray(nat._compat.to_numpy(pi), dtype=np.float64).sum())
+    assert abs(tot - 2500) < 1e-3
+    assert str(pi.dtype).endswith("float32")
+    for design in (nat.Poisson.proportional(xs, 2500), nat.Systematic.proportional(xs, 2500)):
+        assert abs(float(design.expected_size()) - 2500) < 1e-2
+
+
+def test_half_precision_prefix_budget_is_refused_and_half_pmf_widened() -> None:
+    import torch
+
+    # Before: float16 kept every token, bfloat16 kept 1520 of 1500
+    with pytest.raises(ValueError, match="float32 or float64"):
+        nat.Prefix.from_fraction(0.5, mask=np.ones((1, 3000), dtype=bool), dtype=np.float16)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        nat.Prefix.from_fraction(0.5, mask=torch.ones(1, 3000, dtype=torch.bool),
+                                 dtype=torch.bfloat16)
+    d = nat.Prefix.from_fraction(0.5, mask=torch.ones(1, 3000, dtype=torch.bool),
+                                 dtype=torch.float32)
+    assert abs(float(d.expected_size()) - 1500) < 1e-2
+    # a half-precision pi is widened (exactly) to float32 by every design
+    p16 = np.array([1.0, 0.5, 0.25], dtype=np.float16)
+    for cls in (nat.Poisson, nat.Prefix, nat.Systematic):
+        assert cls(p16).pi.dtype == np.float32
+
+
+def test_overflow_is_an_error_never_inf() -> None:
+    import torch
+
+    # float16 y and pi: computed in float32 (was inf)
+    y = np.full(100, 100.0, np.float16)
+    s = np.ones(100, dtype=bool)
+    pi = np.full(100, 0.01, np.float16)
+    tot = nat.ht_total(y, s, pi)
+    assert tot.dtype == np.float32 and float(tot) == pytest.approx(1e6, rel=1e-3)
+    assert np.isfinite(nat.hajek_mean(y, s, pi))
+    d = nat.Poisson(pi)
+    assert np.isfinite(nat.variance_estimate(y, s, d))
+    assert np.isfinite(nat.design_variance(y, d))
+    w = nat.ht_weights(np.ones(2, dtype=bool), np.array([1e-5, 0.5], np.float16))
+    assert w.dtype == np.float32 and np.all(np.isfinite(w))  # 1/pi overflowed float16 before
+    # float32 with pi = 1e-20: the variance (1e40) does not fit in float32 -> an error, not inf
+    p32 = np.full(4, 1e-20, np.float32)
+    y32 = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="overflows float32"):
+        nat.variance_estimate(y32, np.ones(4, dtype=bool), nat.Poisson(p32))
+    with pytest.raises(ValueError, match="overflows float32"):
+        nat.design_variance(np.full(4, 1e10, np.float32), nat.Poisson(p32))
+    with pytest.raises(ValueError, match="overflows float32"):
+        nat.ht_total(np.full(4, 1e20, np.float32), np.ones(4, dtype=bool), p32)
+    # float64 holds them (negative control: the same call is fine in float64)
+    assert np.isfinite(nat.variance_estimate(y32.astype(np.float64), np.ones(4, dtype=bool),
+                                             nat.Poisson(p32.astype(np.float64))))
+    # weights cast to float32 below pi = 3e-39 (was inf)
+    from nat_estimators import rl
+
+    with pytest.raises(ValueError, match=r"overflows torch\.float32"):
+        rl.ht_weights(torch.ones(1, 2, dtype=torch.bool),
+                      torch.tensor([[1e-39, 0.5]], dtype=torch.float64), dtype=torch.float32)
+
+
+def test_from_cut_pmf_tolerance_follows_the_dtype() -> None:
+    # Before: a valid float32 pmf was refused ("must sum to 1": tolerance 1e-9)
+    import torch
+
+    p32 = np.full(11, 1 / 11, dtype=np.float32)  # uniform cut on 0..10, as float32 holds it
+    assert abs(float(p32.sum()) - 1) > 1e-9
+    for pmf in (p32, torch.from_numpy(p32)):
+        d = nat.Prefix.from_cut_pmf(pmf)
+        assert str(d.pi.dtype).endswith("float32")
+        assert float(d.expected_size()) == pytest.approx(5.0, rel=1e-6)
+    with pytest.raises(ValueError, match="sum to 1"):
+        nat.Prefix.from_cut_pmf(np.array([0.5, 0.5 + 1e-6]))  # float64: still strict
+    with pytest.raises(ValueError, match="sum to 1"):
+        nat.Prefix.from_cut_pmf(np.array([0.5, 0.51], dtype=np.float32))
+
+
+def test_n_zero_for_rows_without_eligible_tokens() -> None:
+    # Before: no value of n worked for an empty row
+    mask = np.array([[True, True, True, False], [False, False, False, False]])
+    x = np.ones((2, 4))
+    n = np.array([2.0, 0.0])
+    pi = nat.inclusion_probabilities(x, n, mask=mask)
+    np.testing.assert_allclose(pi, [[2 / 3, 2 / 3, 2 / 3, 0], [0, 0, 0, 0]])
+    for cls in (nat.Poisson, nat.Systematic):
+        np.testing.assert_allclose(cls.proportional(x, n, mask=mask).expected_size(), [2, 0])
+    with pytest.raises(ValueError, match="n = 0 is allowed only for rows without eligible"):
+        nat.inclusion_probabilities(x, np.array([0.0, 0.0]), mask=mask)
