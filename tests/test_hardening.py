@@ -359,3 +359,40 @@ def test_n_zero_for_rows_without_eligible_tokens() -> None:
         np.testing.assert_allclose(cls.proportional(x, n, mask=mask).expected_size(), [2, 0])
     with pytest.raises(ValueError, match="n = 0 is allowed only for rows without eligible"):
         nat.inclusion_probabilities(x, np.array([0.0, 0.0]), mask=mask)
+
+
+# ---------------------------------------------------------------------------- rl.token_logprobs
+def test_token_logprobs_bad_input_gives_clear_errors() -> None:
+    import torch
+
+    from nat_estimators.rl import token_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5)
+    hidden = torch.randn(2, 3, 4)
+    ids = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    pos = torch.tensor([[False, True, False], [False, False, True]])
+    # Before: -inf / NaN / a flipped distribution, without a word
+    for temp, msg in ((0.0, "> 0"), (-1.0, "> 0"), (float("nan"), "finite")):
+        with pytest.raises(ValueError, match=f"temperature must be .*{msg}"):
+            token_logprobs(hidden, head, ids, pos, temperature=temp)
+    # Before: raw torch errors from inside gather / the head
+    bad_ids = (torch.tensor([[0, 7, 2], [3, 4, 0]]), torch.tensor([[0, -1, 2], [3, 4, 0]]))
+    for b in bad_ids:
+        with pytest.raises(ValueError, match=r"input_ids has target ids outside \[0, 5\)"):
+            token_logprobs(hidden, head, b, pos)
+    with pytest.raises(ValueError, match="input_ids must hold integer token ids"):
+        token_logprobs(hidden, head, ids.float(), pos)
+    with pytest.raises(ValueError, match="head failed on the selected hidden states"):
+        token_logprobs(hidden, torch.nn.Linear(3, 5), ids, pos)
+    with pytest.raises(ValueError, match="head failed on the selected hidden states"):
+        token_logprobs(hidden.bfloat16(), head, ids, pos)
+    with pytest.raises(ValueError, match=r"head must return floating \[K, V\] logits"):
+        token_logprobs(hidden, lambda h: h[:, None, :], ids, pos)
+    with pytest.raises(ValueError, match="hidden must have a floating dtype"):
+        token_logprobs(hidden.long(), head, ids, pos)
+    # ids outside the vocabulary at positions that are not targets (padding) are fine
+    padded = torch.tensor([[-100, 1, -100], [3, 4, 0]])
+    lp, _ = token_logprobs(hidden, head, padded, pos, temperature=torch.tensor(2.0))
+    full = torch.log_softmax(head(hidden) / 2.0, -1)
+    assert torch.allclose(lp[0, 1], full[0, 0, 1])
