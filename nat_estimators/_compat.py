@@ -32,8 +32,10 @@ __all__ = [
 Array = Any
 
 
-def namespace(*arrays: Any) -> Any:
+def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
     """Array namespace shared by ``arrays`` (``None`` entries and Python scalars are ignored).
+
+    ``names`` (one per argument) name the arguments in the error for mixed libraries.
 
     Raises
     ------
@@ -46,7 +48,19 @@ def namespace(*arrays: Any) -> Any:
             "expected at least one array (numpy, torch, array-api-strict, ...); got "
             + ", ".join(type(a).__name__ for a in arrays)
         )
-    return array_namespace(*arrs)
+    try:
+        return array_namespace(*arrs)
+    except TypeError:
+        labels = names if names is not None and len(names) == len(arrays) else tuple(
+            f"argument {i + 1}" for i in range(len(arrays)))
+        kinds = [f"{lab} is a {type(a).__module__.split('.')[0]} {type(a).__name__}"
+                 for lab, a in zip(labels, arrays, strict=True)
+                 if a is not None and is_array_api_obj(a)]
+        raise TypeError(
+            "the arrays of one call must come from one array library, but "
+            + ", ".join(kinds)
+            + "; convert them first (e.g. torch.as_tensor(a) or t.numpy())"
+        ) from None
 
 
 def is_array(x: Any) -> bool:

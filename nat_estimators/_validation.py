@@ -142,6 +142,13 @@ def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int
             raise ValueError(f"{name} must be finite, got {v}")
         return v
     if is_array(v):
+        if namespace(v) is not xp:
+            raise TypeError(
+                f"{name} is a {type(v).__module__.split('.')[0]} {type(v).__name__} but the other "
+                "arrays of the call come from another array library; convert it first"
+            )
+        if not (xp.isdtype(v.dtype, "real floating") or xp.isdtype(v.dtype, "integral")):
+            raise ValueError(f"{name} must have a real (integer or floating) dtype, got {v.dtype}")
         if v.ndim > len(batch_shape) or any(
             s not in (1, b) for s, b in zip(v.shape[::-1], batch_shape[::-1], strict=False)
         ):
@@ -185,7 +192,7 @@ def prepare_pi_and_mask(pi: Array, mask: Array | None) -> tuple[Any, Array, Arra
     half-precision ``pi`` is widened exactly: sums and reciprocals of it are not formed in half
     precision).
     """
-    xp = namespace(pi, mask)
+    xp = namespace(pi, mask, names=("pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
     if is_half(xp, pi.dtype):
         pi = xp.astype(pi, at_least_float32(xp, pi.dtype))

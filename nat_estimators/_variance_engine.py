@@ -182,7 +182,8 @@ class _Rows:
 def _rows(y: Array, design: Design, axis: int, extra: tuple[Array, ...] = ()) -> _Rows:
     if not isinstance(design, Design):
         raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
-    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask)
+    names = ("sample",) * len(extra) + ("design.mask",)
+    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask, names=names)
     xp = u.xp
     pi = design.inclusion_probabilities()
     dt = at_least_float32(xp, xp.result_type(u.y.dtype, pi.dtype))

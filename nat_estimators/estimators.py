@@ -25,14 +25,19 @@ from typing import Any
 from ._compat import Array, at_least_float32, float_dtype, is_half, namespace
 from ._deprecation import positional_arrays
 from ._units import Units, align_units, quiet_float_errors
-from ._validation import check_bool_mask, check_finite_result, check_float_array
+from ._validation import (
+    check_bool_mask,
+    check_finite_result,
+    check_float_array,
+    check_scalar_or_row_array,
+)
 
 __all__ = ["hajek_mean", "hajek_total", "ht_mean", "ht_total", "ht_weights"]
 
 
 def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Array, Array]:
     """Validate and return (units, sample, weights 1/pi at sampled units)."""
-    u0 = align_units(y, axis, None, sample, pi)
+    u0 = align_units(y, axis, None, sample, pi, names=("sample", "pi"))
     xp = u0.xp
     ushape = (*u0.batch_shape, u0.y.shape[-2])
     check_bool_mask(xp, sample, "sample")
@@ -108,7 +113,7 @@ def ht_weights(
     >>> ht_weights(s, p, mask=torch.ones(1, 3, dtype=torch.bool), dtype=torch.float32)
     tensor([[2., 0., 4.]])
     """
-    xp = namespace(sample, pi, mask)
+    xp = namespace(sample, pi, mask, names=("sample", "pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
     check_bool_mask(xp, sample, "sample", shape=tuple(pi.shape))
     if mask is None:
@@ -219,6 +224,7 @@ def ht_mean(
 def _population(population_size: Any, u: Units) -> Array:
     """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
+    check_scalar_or_row_array(xp, population_size, "population_size", u.batch_shape)
     n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
     try:
         n = xp.broadcast_to(n, u.batch_shape)

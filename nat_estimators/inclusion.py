@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last, is_half, namespace
+from ._compat import Array, float64_or_best, gather_last, is_array, is_half, namespace
 from ._validation import check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
@@ -72,8 +72,10 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     >>> nat.inclusion_probabilities(np.array([1.0, 1.0, 2.0, 20.0]), 2)
     array([0.25, 0.25, 0.5 , 1.  ])
     """
-    xp = namespace(x, mask)
+    xp = namespace(x, mask, n if is_array(n) else None, names=("x", "mask", "n"))
     x = check_float_array(xp, x, "x")
+    if x.shape[-1] == 0:
+        raise ValueError("x has an empty token axis; there must be at least one token position")
     if mask is None:
         mask = xp.ones(x.shape, dtype=xp.bool, device=x.device)
     else:

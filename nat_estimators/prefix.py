@@ -120,7 +120,7 @@ class Prefix(_PiDesign, name="prefix"):
         >>> d.inclusion_probabilities()
         array([1.  , 0.75, 0.5 ])
         """
-        xp = namespace(pmf, mask)
+        xp = namespace(pmf, mask, names=("pmf", "mask"))
         pmf = check_float_array(xp, pmf, "pmf")
         out_dtype = at_least_float32(xp, pmf.dtype)
         N = pmf.shape[-1] - 1

@@ -38,7 +38,12 @@ def _as_integer_sizes(xp: Any, n: Any, batch_shape: tuple[int, ...], dev: Any) -
     if isinstance(n, numbers.Real):
         if float(n) != int(float(n)):
             raise ValueError(f"n must be an integer sample size (a fixed-size design), got {n}")
-        n = int(float(n))
+        n = int(n) if isinstance(n, numbers.Integral) else int(float(n))
+        if not -(2**62) < n < 2**62:  # int64 holds it; no row has that many tokens anyway
+            raise ValueError(
+                f"n = {n} is out of range: it must satisfy 0 <= n <= the number of eligible tokens "
+                "of every row"
+            )
         arr = xp.full(batch_shape, n, dtype=xp.int64, device=dev)
     else:
         if xp.isdtype(n.dtype, "integral"):
@@ -89,7 +94,7 @@ class SimpleRandom(Design, name="simple_random"):
     def __post_init__(self) -> None:
         if self.mask is None:
             raise TypeError("SimpleRandom needs mask= (the eligible positions of every row)")
-        xp = namespace(self.mask, self.n if is_array(self.n) else None)
+        xp = namespace(self.mask, self.n if is_array(self.n) else None, names=("mask", "n"))
         mask = check_bool_mask(xp, self.mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")

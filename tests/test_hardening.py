@@ -396,3 +396,73 @@ def test_token_logprobs_bad_input_gives_clear_errors() -> None:
     lp, _ = token_logprobs(hidden, head, padded, pos, temperature=torch.tensor(2.0))
     full = torch.log_softmax(head(hidden) / 2.0, -1)
     assert torch.allclose(lp[0, 1], full[0, 0, 1])
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_mixed_array_libraries_are_named() -> None:
+    # Before: array_api_compat's "Multiple namespaces for array inputs: [<module ...>]", or a
+    # torch n silently accepted next to numpy x
+    import torch
+
+    pn = np.array([0.5, 0.5, 1.0])
+    mn = np.ones(3, dtype=bool)
+    pt, mt = torch.tensor(pn), torch.ones(3, dtype=torch.bool)
+    cases = [
+        (lambda: nat.Poisson(pn, mask=mt), "pi is a numpy ndarray, mask is a torch Tensor"),
+        (lambda: nat.inclusion_probabilities(pn, 1, mask=mt), "mask is a torch Tensor"),
+        (lambda: nat.inclusion_probabilities(pn, torch.tensor(1.0)), "n is a torch Tensor"),
+        (lambda: nat.ht_total(pn, mt, pn), "sample is a torch Tensor"),
+        (lambda: nat.ht_weights(mt, pn), "pi is a numpy ndarray"),
+        (lambda: nat.variance_estimate(pt, mn, nat.Poisson(pn)), "sample is a numpy ndarray"),
+        (lambda: nat.design_variance(pt, nat.Poisson(pn)), "design.mask is a numpy ndarray"),
+        (lambda: nat.SimpleRandom(torch.tensor(1), mask=mn), "n is a torch Tensor"),
+        (lambda: nat.Prefix.from_cut_pmf(np.array([0, 0.5, 0.5]), mask=torch.ones(2).bool()),
+         "mask is a torch Tensor"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(TypeError, match="must come from one array library") as info:
+            call()
+        assert msg in str(info.value)
+
+
+def test_empty_huge_complex_and_numpy_integer_arguments() -> None:
+    pn = np.array([0.5, 0.5, 1.0])
+    mn = np.ones(3, dtype=bool)
+    # Before: numpy's "zero-size array to reduction operation maximum which has no identity"
+    for x in (np.zeros(0), np.zeros((2, 0))):
+        with pytest.raises(ValueError, match="x has an empty token axis"):
+            nat.inclusion_probabilities(x, 1)
+    # Before: OverflowError "Python int too large to convert to C long"
+    for n in (2**70, -(2**70)):
+        with pytest.raises(ValueError, match="is out of range"):
+            nat.SimpleRandom(n, mask=mn)
+    # Before: a complex n array was accepted with a ComplexWarning; a complex population size
+    # raised "float() argument must be a string or a real number"
+    with pytest.raises(ValueError, match="n must have a real"):
+        nat.inclusion_probabilities(pn, np.array(1 + 0j))
+    with pytest.raises(ValueError, match="n must have a real"):
+        nat.SimpleRandom(np.array(1 + 0j), mask=mn)
+    with pytest.raises(TypeError, match="population_size must be a number or an array"):
+        nat.ht_mean(pn, mn, pn, 3 + 0j)
+    for bad in (lambda: nat.Poisson(pn.astype(complex)),
+                lambda: nat.inclusion_probabilities(pn.astype(complex), 1),
+                lambda: nat.ht_total(pn.astype(complex), mn, pn),
+                lambda: nat.Prefix.from_cut_pmf(np.array([0, 0.5, 0.5], dtype=complex))):
+        with pytest.raises(ValueError, match="must have a real floating dtype"):
+            bad()
+    # numpy integers are harmless: accepted (before: "axis must be an int, got int64")
+    assert float(nat.ht_total(pn, mn, pn, axis=np.int64(-1))) == 3.0
+    d = nat.Poisson(pn)
+    np.testing.assert_allclose(nat.design_variance(pn, d, axis=np.int32(0)),
+                               nat.design_variance(pn, d))
+    import torch
+
+    from nat_estimators import rl
+
+    am = torch.ones(4, 3, dtype=torch.bool)
+    plan = [mb.rows.tolist() for mb in rl.pack_rows(am, max_tokens=np.int64(6))]
+    assert plan == [mb.rows.tolist() for mb in rl.pack_rows(am, max_tokens=6)]
+    with pytest.raises(ValueError, match="max_tokens must be a positive int"):
+        rl.pack_rows(am, max_tokens=np.float64(6))
+    with pytest.raises(TypeError, match="axis must be an int"):
+        nat.ht_total(pn, mn, pn, axis=True)

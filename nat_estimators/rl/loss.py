@@ -27,6 +27,7 @@ needs.  Those mode names are refused by :func:`agg_loss`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -195,6 +196,8 @@ def loss_coefficients(
     B = m.shape[0]
     if normalizer not in ("ht", "hajek"):
         raise ValueError(f"normalizer must be 'ht' or 'hajek', got {normalizer!r}")
+    if isinstance(dp_size, numbers.Integral) and not isinstance(dp_size, bool):
+        dp_size = int(dp_size)  # numpy integers are fine
     if isinstance(dp_size, bool) or not isinstance(dp_size, int) or dp_size < 1:
         raise ValueError(f"dp_size must be a positive int, got {dp_size!r}")
     if normalizers is not None and not isinstance(normalizers, LossNormalizers):
