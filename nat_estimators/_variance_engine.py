@@ -204,21 +204,31 @@ def _weights(xp: Any, pi: Array, sel: Array) -> Array:
 
 
 
-#: Largest dense (rows x N x N) joint-probability array the dense paths will build.
-_DENSE_LIMIT = 2**27
+#: Largest dense (rows x N x N) joint-probability array the dense paths will build.  Measured
+#: (numpy, float64, tracemalloc): the dense paths hold about 5.5 arrays of that size at their
+#: peak (systematic variance_estimate: 5.3; design_variance(method="dense"): 3.0-4.1), so the
+#: limit keeps an allowed call below ~0.7 GiB and a few seconds of CPU (N = 4096 for one row:
+#: 0.66 GiB and 3.6 s of CPU time for systematic variance_estimate, 0.5 GiB and 1.1 s for its
+#: dense design_variance).  At the former limit of 2**27 an allowed N = 11000 call took 5.1 GiB
+#: and 19 s.
+_DENSE_LIMIT = 2**24
+#: Arrays of the dense size alive at the peak of a dense path (measured, see above).
+_DENSE_PEAK_ARRAYS = 5.5
 
 
 def _check_dense_size(r: _Rows, design: Design, what: str) -> None:
     n = int(r.y.shape[1])
     size = r.n_rows * n * n
     if size > _DENSE_LIMIT:
-        gib = size * 8 / 2**30
+        gib = _DENSE_PEAK_ARRAYS * size * 8 / 2**30
+        cap = _DENSE_PEAK_ARRAYS * _DENSE_LIMIT * 8 / 2**30
         hint = design._dense_hint
         raise ValueError(
             f"{what} for {type(design).__name__} needs the dense {r.n_rows} x {n} x {n} joint "
-            f"inclusion probabilities (~{gib:.1f} GiB in float64), above the "
-            f"{_DENSE_LIMIT:,}-entry limit of the dense path; split the batch into fewer rows "
-            f"or shorter rows.{hint}"
+            f"inclusion probabilities: {size:,} entries, about {gib:.1f} GiB of float64 at the "
+            f"peak (~{_DENSE_PEAK_ARRAYS:g} arrays of that size), above the dense path's limit "
+            f"of {_DENSE_LIMIT:,} entries (~{cap:.1f} GiB, a few seconds); split the batch into "
+            f"fewer rows or shorter rows.{hint}"
         )
 
 

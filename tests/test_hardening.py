@@ -466,3 +466,27 @@ def test_empty_huge_complex_and_numpy_integer_arguments() -> None:
         rl.pack_rows(am, max_tokens=np.float64(6))
     with pytest.raises(TypeError, match="axis must be an int"):
         nat.ht_total(pn, mn, pn, axis=True)
+
+
+# ---------------------------------------------------------------------------- dense-path limit
+def test_dense_limit_message_matches_the_cost() -> None:
+    # Before: N = 11000 was allowed (5.1 GiB peak, 19 s) while the message spoke of ~1 GiB
+    import tracemalloc
+
+    from nat_estimators import _variance_engine as eng
+
+    m = np.ones((1, 11000), dtype=bool)
+    d = nat.Systematic.from_fraction(0.3, mask=m)
+    with _no_warnings(), pytest.raises(ValueError, match=r"about 5\.0 GiB of float64 at the peak"):
+        nat.variance_estimate(np.ones((1, 11000)), d.draw(0), d)
+    # the peak of an allowed call stays within the stated factor (measured at N = 1024)
+    n = 1024
+    small = nat.Systematic.from_fraction(0.3, mask=np.ones((1, n), dtype=bool))
+    s = small.draw(0)
+    tracemalloc.start()
+    with _no_warnings():
+        nat.variance_estimate(np.ones((1, n)), s, small)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= eng._DENSE_PEAK_ARRAYS * 8 * n * n
+    assert eng._DENSE_PEAK_ARRAYS * 8 * eng._DENSE_LIMIT <= 2**30  # allowed calls stay < 1 GiB
