@@ -49,13 +49,25 @@ class HajekLinearizationWarning(BiasedVarianceEstimateWarning):
     first-order (Taylor) expansion :math:`\bar y_H - \bar y \approx \hat Z / N`, which holds
     when a row's sample is made of many roughly independent draws (Särndal, Swensson & Wretman
     1992, §5.7).  Under prefix cutting one uniform decides the whole row, the expansion does not
-    hold, and the estimate is far too small: by exact enumeration its expectation is 0.03–0.15
+    hold, and the estimate is far too small: by exact enumeration its expectation is 0.02–0.15
     of the true variance (rows of 10–2000 tokens; see :doc:`/theory/hajek`).  Use
     ``estimator="ht"`` (the variance of the unbiased HT total, or of :math:`\hat Y/N`), or a
     design with independent draws (Poisson, SimpleRandom, Systematic) when the Hájek mean's
     variance is needed.
 
     A subclass of :class:`BiasedVarianceEstimateWarning`: a filter on that one catches this too.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Prefix(np.array([1.0, 0.75, 0.5, 0.25]))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     v = nat.variance_estimate(np.arange(4.0), d.sample(np.array(0.6)), d, estimator="hajek")
+    >>> caught[0].category is nat.HajekLinearizationWarning
+    True
     """
 
 

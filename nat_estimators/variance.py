@@ -224,7 +224,7 @@ def variance_estimate(
     HajekLinearizationWarning
         ``estimator="hajek"`` under :class:`~nat_estimators.Prefix`: the linearization behind
         the Hájek variance fails when one cut decides the whole row (the estimate's expectation
-        is 3–15% of the true variance, by exact enumeration); use ``estimator="ht"``.
+        is 2–15% of the true variance, by exact enumeration); use ``estimator="ht"``.
 
     Notes
     -----
@@ -266,7 +266,7 @@ def variance_estimate(
             warnings.warn(
                 f"estimator='hajek' under {type(design).__name__}: the linearized variance of the "
                 "Hájek mean assumes many independent draws per row, but one cut decides the whole "
-                "row, so the estimate is far too small (its expectation is 3-15% of the true "
+                "row, so the estimate is far too small (its expectation is 2-15% of the true "
                 "variance). Use estimator='ht' (variance of the unbiased HT total), or a design "
                 "with independent draws (Poisson, SimpleRandom) for the Hájek mean",
                 HajekLinearizationWarning,

@@ -190,14 +190,15 @@ def _prefix_hajek_enumeration(n: int, y: np.ndarray) -> tuple[float, float, floa
 
 
 def test_hajek_variance_under_prefix_warns_and_is_far_too_small() -> None:
-    # the documented numbers (docs/theory/hajek.md): expectation 3-15% of the true variance, and
-    # the Hájek bias does not shrink with the row length under prefix cutting
+    # the documented numbers (docs/theory/hajek.md): expectation 2-15% of the true variance,
+    # 95% intervals covering 20-30%, and a Hájek bias that does not shrink with the row length
+    # under prefix cutting (exact: 0.104 / 0.020 / 0.044 and 0.20 / 0.26 / 0.30 here)
     rng = np.random.default_rng(0)
-    for n in (10, 300):
+    for n in (10, 300, 2000):
         y = rng.normal(size=(1, n)) + np.linspace(0, 1, n)
         ratio, cover, _ = _prefix_hajek_enumeration(n, y)
-        assert 0.02 < ratio < 0.16
-        assert cover < 0.6
+        assert 0.015 < ratio < 0.15
+        assert 0.15 < cover < 0.35
     biases = [_prefix_hajek_enumeration(n, np.linspace(0, 1, n)[None])[2] for n in (10, 1000)]
     assert all(-0.2 < b < -0.18 for b in biases)  # about -0.19 at N = 10 and N = 1000 alike
     d = nat.Prefix.from_fraction(0.5, mask=np.ones((1, 8), dtype=bool))
