@@ -334,14 +334,23 @@ class Prefix(_PiDesign, name="prefix"):
     def _refuse_impossible(self, sample: Array) -> None:
         # the sample must be the first L eligible tokens, for a cut L with P(L) > 0
         xp = self.xp
-        cut = self.cut_lengths(sample)
-        if bool(xp.any(sample != ((eligible_rank(xp, self.mask) <= cut[..., None]) & self.mask))):
+        # a prefix: every sampled position comes before every eligible position left out
+        out = self.mask & ~sample
+        idx = xp.arange(self.num_units, dtype=xp.int32, device=self.device)
+        last_kept = xp.max(xp.where(sample, idx, xp.full_like(idx, -1)), axis=-1)
+        first_out = xp.min(xp.where(out, idx, xp.full_like(idx, self.num_units)), axis=-1)
+        if bool(xp.any(last_kept > first_out)):
             raise ValueError(
                 "sample is not a prefix of the eligible tokens (it skips an eligible token and "
                 "keeps a later one), so this Prefix design never draws it; pass a sample drawn "
                 "from it"
             )
-        if bool(xp.any(gather_last(xp, self.cut_pmf(), cut[..., None]) <= 0)):
+        # P(L = cut) = pi_(cut) - pi_(cut + 1): the smallest kept pi (1 for an empty sample) minus
+        # the largest pi left out (0 if none), pi being non-increasing along the eligible tokens
+        one = xp.ones((1,), dtype=self.pi.dtype, device=self.device)
+        pi_last = xp.min(xp.where(sample, self.pi, one), axis=-1)
+        pi_next = xp.max(xp.where(out, self.pi, 0 * one), axis=-1)
+        if bool(xp.any(pi_last - pi_next <= 0)):
             raise ValueError(
                 "sample keeps a number of tokens that this Prefix design never keeps "
                 "(P(L = cut) = 0, e.g. fewer than its always-kept minimum prefix); pass a sample "
@@ -390,21 +399,26 @@ def _by_rank(r: _Rows, *arrays: Array) -> tuple[Array, ...]:
     with every other position ineligible.)
     """
     xp = r.xp
-    order = xp.argsort(xp.astype(~r.mask, xp.int8), axis=-1, stable=True)
     count = xp.sum(xp.astype(r.mask, xp.int64), axis=-1)
     k = xp.arange(int(r.pi.shape[1]), dtype=xp.int64, device=r.pi.device)
     inside = k < count[:, None]
-    pc = xp.where(inside, xp.take_along_axis(r.pi, order, axis=-1), xp.zeros_like(r.pi))
+    # right-padded rows (every row's eligible tokens first) are already in rank order
+    gather = bool(xp.any(inside != r.mask))
+    order = xp.argsort(xp.astype(~r.mask, xp.int8), axis=-1, stable=True) if gather else None
+
+    def by_rank(a: Array) -> Array:
+        if order is None:
+            return a
+        if a.ndim == 3:
+            return xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], tuple(a.shape)), axis=1)
+        return xp.take_along_axis(a, order, axis=-1)
+
+    pc = xp.where(inside, by_rank(r.pi), xp.zeros_like(r.pi))
     zero = xp.zeros((r.n_rows, 1), dtype=pc.dtype, device=pc.device)
     # pi is non-increasing along the ranks, so each difference is >= 0 in floating point too
     p_cut = pc - xp.concat([pc[:, 1:], zero], axis=-1)
     out: list[Array] = [p_cut, 1 - pc[:, 0]]
-    for a in arrays:
-        if a.ndim == 3:
-            idx = xp.broadcast_to(order[:, :, None], tuple(a.shape))
-            out.append(xp.take_along_axis(a, idx, axis=1))
-        else:
-            out.append(xp.take_along_axis(a, order, axis=-1))
+    out += [by_rank(a) for a in arrays]
     out.append(xp.astype(inside, r.pi.dtype))
     return tuple(out)
 
