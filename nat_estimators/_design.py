@@ -233,7 +233,13 @@ class Design(abc.ABC):
         if not self.batch_shape:
             raise ValueError("rows() needs a design with a leading row axis (a batch of rows)")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        return trusted(type(self), **{k: v[index, ...] for k, v in fields.items()})
+        try:
+            return trusted(type(self), **{k: v[index, ...] for k, v in fields.items()})
+        except IndexError:
+            raise IndexError(
+                f"rows({index!r}): index out of range for a design with {self.batch_shape[0]} "
+                "rows on its leading axis"
+            ) from None
 
     def max_weight(self) -> Array:
         r"""Largest Horvitz–Thompson weight :math:`\max_k 1/\pi_k` over eligible tokens per row.

@@ -491,3 +491,15 @@ def test_dense_limit_message_matches_the_cost() -> None:
     tracemalloc.stop()
     assert peak <= eng._DENSE_PEAK_ARRAYS * 8 * n * n
     assert eng._DENSE_PEAK_ARRAYS * 8 * eng._DENSE_LIMIT <= 2**30  # allowed calls stay < 1 GiB
+
+
+def test_negative_seed_and_row_index_errors_are_the_librarys() -> None:
+    # Before: numpy's "expected non-negative integer" and a bare IndexError from the indexing
+    with pytest.raises(ValueError, match="an int seed must be >= 0"):
+        nat.uniforms(-1, (2,), xp=np, device="cpu")
+    d = nat.Poisson(np.array([[0.5, 0.5]]))
+    with pytest.raises(ValueError, match="an int seed must be >= 0"):
+        d.draw(-3)
+    with pytest.raises(IndexError, match=r"rows\(5\): index out of range for a design with 1 rows"):
+        d.rows(5)
+    assert d.rows(0).batch_shape == ()
