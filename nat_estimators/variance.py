@@ -96,7 +96,9 @@ def design_variance(
     Raises
     ------
     ValueError
-        If ``y`` is NaN or Inf at an eligible unit, or its shape does not match the design.
+        If ``y`` is NaN or Inf at an eligible unit, or its shape does not match the design; if
+        the variance overflows the result dtype (it is never returned as Inf); if the dense path
+        would exceed its size limit (the message gives the memory it would take).
 
     Notes
     -----
@@ -213,8 +215,12 @@ def variance_estimate(
     ValueError
         Unknown ``method``/``estimator``; ``"syg"`` on a random-size design (Poisson, Prefix,
         Systematic with a non-integer :math:`\sum\pi`); ``sample`` not a subset of the design's
-        eligible units; an empty sample with ``estimator="hajek"``; fewer than 2 sampled units
-        with ``"successive_differences"``; NaN/Inf in ``y`` at a sampled unit.
+        eligible units; a ``sample`` the design never draws (not a prefix, or a cut of
+        probability 0, under Prefix; a size other than ``n`` under SimpleRandom; no start
+        :math:`u` producing it under Systematic, e.g. two adjacent units at a step of 2; a unit
+        with :math:`\pi_k = 1` left out under Poisson); an empty sample with
+        ``estimator="hajek"``; fewer than 2 sampled units with ``"successive_differences"``;
+        NaN/Inf in ``y`` at a sampled unit; an estimate that overflows the result dtype.
 
     Warns
     -----
