@@ -25,7 +25,7 @@ from typing import Any
 from ._compat import Array, float_dtype, namespace
 from ._deprecation import positional_arrays
 from ._units import Units, align_units
-from ._validation import check_bool_mask, check_float_array
+from ._validation import any_true, check_bool_mask, check_float_array
 
 __all__ = ["hajek_mean", "hajek_total", "ht_mean", "ht_total", "ht_weights"]
 
@@ -113,7 +113,7 @@ def ht_weights(
         elig = sample
     else:
         elig = check_bool_mask(xp, mask, "mask", shape=tuple(pi.shape))
-        if bool(xp.any(sample & ~elig)):
+        if any_true(xp, sample & ~elig):
             raise ValueError(
                 "sample selects units outside mask (the eligible units): a sample must be drawn "
                 "from the design built on mask"
@@ -124,8 +124,8 @@ def ht_weights(
             "precision (bfloat16 has 8 mantissa bits) or overflow (float16) in half precision; "
             "keep the weights in float32 and let the loss be cast up"
         )
-    if not bool(xp.all(~elig | ((pi > 0) & (pi <= 1)))):
-        if bool(xp.any(elig & ~xp.isfinite(pi))):
+    if any_true(xp, elig & ~((pi > 0) & (pi <= 1))):
+        if any_true(xp, elig & ~xp.isfinite(pi)):
             raise ValueError("pi is NaN or Inf at a sampled (or eligible) unit")
         raise ValueError(
             "pi must lie in (0, 1] at every sampled (and every eligible) unit; a unit with pi = 0 "
@@ -218,7 +218,7 @@ def _population(population_size: Any, u: Units) -> Array:
             f"population_size of shape {tuple(n.shape)} does not broadcast to the row shape "
             f"{u.batch_shape}"
         ) from None
-    if bool(xp.any(~(n > 0))) or bool(xp.any(~xp.isfinite(n))):
+    if any_true(xp, ~(n > 0)) or any_true(xp, ~xp.isfinite(n)):
         raise ValueError("population_size must be finite and > 0")
     return xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
 
@@ -262,7 +262,7 @@ def hajek_mean(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Arra
     u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
     nhat = xp.sum(w, axis=-1)
-    if bool(xp.any(nhat <= 0)):
+    if any_true(xp, nhat <= 0):
         raise ValueError(
             "the Hájek mean is undefined for an empty sample (a row has no sampled units); "
             "use the HT total/mean, or make sure every row samples at least one unit"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._compat import Array, gather_last, namespace
-from ._validation import check_bool_mask, check_float_array, check_scalar_or_row_array
+from ._validation import any_true, check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
 
@@ -74,26 +74,29 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
         mask = xp.ones(x.shape, dtype=xp.bool, device=x.device)
     else:
         mask = check_bool_mask(xp, mask, "mask", shape=tuple(x.shape))
-    if bool(xp.any(mask & ~xp.isfinite(x))):
+    if any_true(xp, mask & ~xp.isfinite(x)):
         raise ValueError("x contains NaN or Inf at eligible positions; sizes must be finite")
-    if bool(xp.any(mask & (x < 0))):
+    if any_true(xp, mask & (x < 0)):
         raise ValueError("x contains negative sizes; size measures must be >= 0")
     batch_shape = tuple(x.shape[:-1])
     n = check_scalar_or_row_array(xp, n, "n", batch_shape)
     dtype = x.dtype
     dev = x.device
     n_arr = xp.broadcast_to(xp.asarray(n, dtype=dtype, device=dev), batch_shape)
-    if bool(xp.any(~(n_arr > 0))):
+    if any_true(xp, ~(n_arr > 0)):
         raise ValueError("n must be > 0 (the expected sample size of every row)")
     xs = xp.where(mask, x, xp.zeros_like(x))
     # pi does not depend on the scale of a row's sizes: rows with huge sizes are divided by their
     # maximum so that the sums below cannot overflow (sizes near 1e308 gave a RuntimeWarning and
-    # garbage).  Ordinary rows are left untouched.
+    # garbage).  Ordinary rows are left untouched.  The division goes through sqrt(max) twice:
+    # XLA (JAX) divides by multiplying with the reciprocal, and 1/max of a huge row is subnormal,
+    # which it flushes to zero.
     xmax = xp.max(xs, axis=-1, keepdims=True)
     huge = xmax > xp.finfo(dtype).max ** 0.5
-    xs = xp.where(huge, xs / xp.where(huge, xmax, xp.ones_like(xmax)), xs)
+    root = xp.sqrt(xp.where(huge, xmax, xp.ones_like(xmax)))
+    xs = xp.where(huge, (xs / root) / root, xs)
     n_pos = xp.sum(xp.astype(xs > 0, dtype), axis=-1)
-    if bool(xp.any(n_arr > n_pos * (1 + 1e-12))):
+    if any_true(xp, n_arr > n_pos * (1 + 1e-12)):
         raise ValueError(
             "n exceeds the number of eligible tokens with positive size in some row, so "
             "sum(pi) = n is infeasible with pi <= 1; lower n or give more tokens a positive size"

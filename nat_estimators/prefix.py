@@ -28,6 +28,7 @@ from ._compat import Array, device_of, float64_or_best, gather_last, namespace
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import (
+    any_true,
     check_bool_mask,
     check_float_array,
     check_fraction,
@@ -78,7 +79,7 @@ class Prefix(_PiDesign, name="prefix"):
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         k = xp.arange(1, pi.shape[-1], dtype=xp.int64, device=device_of(pi))
         inside = k < count[..., None]
-        if bool(xp.any(inside & (pc[..., 1:] > pc[..., :-1]))):
+        if any_true(xp, inside & (pc[..., 1:] > pc[..., :-1])):
             raise ValueError(
                 "pi must be non-increasing along each row's eligible tokens (a survival function "
                 "P(L >= k)); found an increase. Build it from a cut-length pmf with "
@@ -117,22 +118,22 @@ class Prefix(_PiDesign, name="prefix"):
         if N < 1:
             raise ValueError("pmf must have length N + 1 >= 2 along its last axis (cuts 0..N)")
         mask = resolve_mask(xp, mask, (*pmf.shape[:-1], N), device_of(pmf))
-        if not bool(xp.all(xp.isfinite(pmf))):
+        if any_true(xp, ~xp.isfinite(pmf)):
             raise ValueError("pmf contains NaN or Inf")
-        if bool(xp.any(pmf < 0)):
+        if any_true(xp, pmf < 0):
             raise ValueError("pmf contains negative probabilities")
         tot = xp.sum(pmf, axis=-1)
-        if bool(xp.any(xp.abs(tot - 1) > 1e-9)):
+        if any_true(xp, xp.abs(tot - 1) > 1e-9):
             raise ValueError("pmf must sum to 1 along its last axis (cut lengths 0..N)")
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         j = xp.arange(N + 1, dtype=xp.int64, device=device_of(pmf))
-        if bool(xp.any((j > count[..., None]) & (pmf > 0))):
+        if any_true(xp, (j > count[..., None]) & (pmf > 0)):
             raise ValueError(
                 "pmf puts probability on a cut beyond a row's number of eligible tokens "
                 "(P(L = j) must be 0 for j > mask[i].sum())"
             )
         p_full = gather_last(xp, pmf, count[..., None])[..., 0]
-        if bool(xp.any((count > 0) & (p_full <= 0))):
+        if any_true(xp, (count > 0) & (p_full <= 0)):
             raise ValueError(
                 "pmf gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
                 "last token would never be sampled and its weight 1/pi would be infinite; "
@@ -227,7 +228,7 @@ class Prefix(_PiDesign, name="prefix"):
         m = xp.minimum(xp.maximum(m, xp.zeros_like(m)), count)
         R = count - m
         T = count * kappa - m
-        if bool(xp.any(T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count)))):
+        if any_true(xp, T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count))):
             safe = xp.where(count > 0, count, xp.ones_like(count))
             need = float(xp.max(xp.where(count > 0, (m + a * R) / safe, xp.zeros_like(count))))
             raise ValueError(

@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last
+from ._compat import Array, eager_eval, float64_or_best, gather_last, is_traced
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import trusted
@@ -131,7 +131,8 @@ class Systematic(_PiDesign, name="systematic"):
             # sweep in float64 (where the device has it) whatever pi's dtype
             pi = xp.astype(self.pi, float64_or_best(xp, self.device))
             v = xp.cumulative_sum(pi, axis=-1)
-            object.__setattr__(self, "_v", v)
+            if not is_traced(v):  # a tracer cached on the design would leak out of its trace
+                object.__setattr__(self, "_v", v)
         return v
 
     def _cumulative(self) -> tuple[Array, Array]:
@@ -143,9 +144,20 @@ class Systematic(_PiDesign, name="systematic"):
         return v, vprev
 
     def has_fixed_size(self) -> bool:
+        """Whether :math:`\\sum_k \\pi_k` is an integer in every row (to :math:`10^{-9}`).
+
+        Reads the values of ``pi``: refused for a design built from traced (JAX) arrays.
+        """
         xp = self.xp
-        n = self.expected_size()
-        return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
+        if is_traced(self.pi):
+            raise TypeError(
+                "Systematic.has_fixed_size() reads the values of pi, which are traced here (the "
+                "design was built inside a JAX transformation); build the design outside "
+                "jax.jit/grad/vmap and close over it"
+            )
+        with eager_eval(xp):  # pi is concrete: readable even inside jax.jit
+            n = self.expected_size()
+            return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
 
     def joint_inclusion_probabilities(self) -> Array:
         r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``.
