@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, eager_eval, is_torch_namespace
+from ._compat import Array, device_of, eager_eval, is_torch_namespace
 from ._design import Design
 from ._units import Units, align_units
 from ._validation import any_true, check_bool_mask
@@ -283,7 +283,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     q = int(a.shape[-1])
     ac = xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], (*order.shape, q)), axis=-2)
     diff = ac[:, 1:, :] - ac[:, :-1, :]
-    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=a.device)
+    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=device_of(a))
     valid = xp.astype(k < n[:, None], dt)
     nf = xp.astype(n, dt)
     cnt = xp.astype(xp.sum(xp.astype(r.mask, xp.int64), axis=-1), dt)

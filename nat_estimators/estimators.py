@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float_dtype, namespace
+from ._compat import Array, device_of, float_dtype, namespace
 from ._deprecation import positional_arrays
 from ._units import Units, align_units
 from ._validation import any_true, check_bool_mask, check_float_array
@@ -210,7 +210,7 @@ def ht_mean(
 def _population(population_size: Any, u: Units) -> Array:
     """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
-    n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
+    n = xp.asarray(population_size, dtype=u.y.dtype, device=device_of(u.y))
     try:
         n = xp.broadcast_to(n, u.batch_shape)
     except (ValueError, RuntimeError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, gather_last, namespace
+from ._compat import Array, device_of, gather_last, namespace
 from ._validation import any_true, check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
@@ -71,7 +71,7 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     xp = namespace(x, mask)
     x = check_float_array(xp, x, "x")
     if mask is None:
-        mask = xp.ones(x.shape, dtype=xp.bool, device=x.device)
+        mask = xp.ones(x.shape, dtype=xp.bool, device=device_of(x))
     else:
         mask = check_bool_mask(xp, mask, "mask", shape=tuple(x.shape))
     if any_true(xp, mask & ~xp.isfinite(x)):
@@ -81,7 +81,7 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     batch_shape = tuple(x.shape[:-1])
     n = check_scalar_or_row_array(xp, n, "n", batch_shape)
     dtype = x.dtype
-    dev = x.device
+    dev = device_of(x)
     n_arr = xp.broadcast_to(xp.asarray(n, dtype=dtype, device=dev), batch_shape)
     if any_true(xp, ~(n_arr > 0)):
         raise ValueError("n must be > 0 (the expected sample size of every row)")

@@ -88,14 +88,14 @@ class Poisson(_PiDesign, name="poisson"):
             raise ValueError(
                 f"keep is on device {device_of(keep)} but mask is on {device_of(mask)}"
             )
-        dtype = float64_or_best(xp, mask.device)
-        p_arr = xp.asarray(keep, dtype=dtype, device=mask.device)
+        dtype = float64_or_best(xp, device_of(mask))
+        p_arr = xp.asarray(keep, dtype=dtype, device=device_of(mask))
         if any_true(xp, ~((p_arr > 0) & (p_arr <= 1))):
             raise ValueError("keep (the keep fraction) must lie in (0, 1]")
         if p_arr.ndim:
             p_arr = p_arr[..., None]
-        pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=mask.device) * p_arr,
-                      xp.zeros(mask.shape, dtype=dtype, device=mask.device))
+        pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=device_of(mask)) * p_arr,
+                      xp.zeros(mask.shape, dtype=dtype, device=device_of(mask)))
         # pi is valid by construction (keep checked above): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 

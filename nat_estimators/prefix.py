@@ -337,7 +337,7 @@ def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
     run — a prefix sum of increments that vanish at ineligible positions — the split parts add
     up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
     """
-    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
+    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=device_of(pi))
     return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ._compat import (
     Array,
+    device_of,
     eager_eval,
     float64_or_best,
     gather_last,
@@ -102,9 +103,9 @@ class SimpleRandom(Design, name="simple_random"):
         mask = check_bool_mask(xp, self.mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
-        mask = resolve_mask(xp, mask, tuple(mask.shape), mask.device)
+        mask = resolve_mask(xp, mask, tuple(mask.shape), device_of(mask))
         batch_shape = tuple(mask.shape[:-1])
-        n = _as_integer_sizes(xp, self.n, batch_shape, mask.device)
+        n = _as_integer_sizes(xp, self.n, batch_shape, device_of(mask))
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         if any_true(xp, n < 0):
             raise ValueError("n must be >= 0")
@@ -157,7 +158,7 @@ class SimpleRandom(Design, name="simple_random"):
         if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
             raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
-        dtype = float64_or_best(xp, mask.device)
+        dtype = float64_or_best(xp, device_of(mask))
         n = xp.astype(xp.round(xp.astype(count, dtype) * float(keep)), xp.int64)
         n = xp.minimum(xp.maximum(n, xp.minimum(count, xp.ones_like(count))), count)
         return cls(n, mask=mask)

@@ -38,7 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, eager_eval, float64_or_best, gather_last, is_traced
+from ._compat import Array, device_of, eager_eval, float64_or_best, gather_last, is_traced
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import trusted
@@ -241,7 +241,7 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
         nr, _, q = yc.shape
         yck = wc[:, :, None] * yc
-        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
+        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=device_of(yc))
         steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
         idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
         ds = xp.take_along_axis(steps, idx, axis=1)

@@ -31,7 +31,7 @@ prefix cutting and systematic sampling by summing over their small support (:mat
 
 from __future__ import annotations
 
-from ._compat import Array, is_traced
+from ._compat import Array, device_of, is_traced
 from ._deprecation import positional_arrays
 from ._design import Design
 from ._units import quiet_float_errors
@@ -250,7 +250,7 @@ def variance_estimate(
             f"method='syg' needs a fixed-size design; this {type(design).__name__} design has a "
             "random sample size. Use method='ht'"
         )
-    zero = xp.zeros((1,), dtype=r.y.dtype, device=r.y.device)
+    zero = xp.zeros((1,), dtype=r.y.dtype, device=device_of(r.y))
     yv = xp.where(s[:, :, None], r.y, zero)  # values at unsampled units are never read
     if any_true(xp, ~xp.isfinite(yv)):
         raise ValueError("y contains NaN or Inf at sampled units")
