@@ -4,10 +4,18 @@ Every public function of the package infers the array namespace of its array arg
 :func:`namespace`, creates new arrays with explicit ``dtype=`` and ``device=`` and never moves data
 between devices.  The helpers here cover the few operations the array API standard spells out
 awkwardly (gathers along the last axis, float dtype choice, Python-bool reductions).
+
+JAX transformations (``jax.jit``, ``jax.grad``, ``jax.vmap``) hand the functions *tracers*:
+arrays with a shape and a dtype but, in general, no readable values and no device.
+:func:`is_traced` recognises them; value checks are skipped on them
+(:func:`nat_estimators._validation.any_true`) and device checks accept them
+(:func:`on_other_device`): under a transformation the caller's inputs are trusted, as in
+``array-api-extra``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat
@@ -17,13 +25,16 @@ __all__ = [
     "Array",
     "at_least_float32",
     "device_of",
+    "eager_eval",
     "float_dtype",
     "gather_last",
     "is_array",
     "is_floating",
     "is_half",
     "is_torch_namespace",
+    "is_traced",
     "namespace",
+    "on_other_device",
     "sort_last",
     "to_numpy",
 ]
@@ -69,8 +80,49 @@ def is_array(x: Any) -> bool:
 
 
 def device_of(x: Array) -> Any:
-    """Device of ``x`` (``"cpu"`` for numpy)."""
+    """Device of ``x`` (``"cpu"`` for numpy; ``None`` for a JAX tracer, which has none)."""
     return device(x)
+
+
+def is_traced(*arrays: Any) -> bool:
+    """Whether any of ``arrays`` is a JAX tracer (inside ``jax.jit``, ``jax.grad``, ...).
+
+    A tracer's values cannot be read (``bool(x)`` raises or forces a host round trip), so the
+    package never branches on them.  Cheap for every other array (JAX is not even imported).
+    """
+    for a in arrays:
+        if array_api_compat.is_jax_array(a):
+            import jax
+
+            if isinstance(a, jax.core.Tracer):
+                return True
+    return False
+
+
+def eager_eval(xp: Any) -> contextlib.AbstractContextManager[Any]:
+    """Context in which operations on concrete arrays give concrete arrays, even in a JAX trace.
+
+    Inside ``jax.jit`` every operation is staged out, even on arrays closed over from outside
+    (a design built eagerly); ``jax.ensure_compile_time_eval`` computes those now, so a property
+    of the design (e.g. whether its sample size is fixed) can still be read.  A no-op elsewhere.
+    """
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        return jax.ensure_compile_time_eval()
+    return contextlib.nullcontext()
+
+
+def on_other_device(x: Array, dev: Any) -> bool:
+    """Whether ``x`` provably lives on a device other than ``dev``.
+
+    ``False`` when either side is unknown: a JAX tracer (and an array built from one) has no
+    device (``None``); under a transformation JAX places the data itself.
+    """
+    if dev is None or is_traced(x):
+        return False
+    d = device_of(x)
+    return d is not None and d != dev
 
 
 def is_floating(xp: Any, x: Array) -> bool:
@@ -107,7 +159,15 @@ def is_half(xp: Any, dtype: Any) -> bool:
 
 
 def float64_or_best(xp: Any, dev: Any) -> Any:
-    """float64 where the backend/device supports it, else float32."""
+    """float64 where the backend/device supports it, else float32.
+
+    JAX has float64 only with ``jax_enable_x64`` on (otherwise it would silently return float32
+    with a warning).
+    """
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        return xp.float64 if jax.config.read("jax_enable_x64") else xp.float32
     try:
         xp.zeros((1,), dtype=xp.float64, device=dev)
         return xp.float64

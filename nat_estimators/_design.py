@@ -38,8 +38,8 @@ import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ._compat import Array, device_of, float64_or_best, is_floating, namespace
-from ._validation import prepare_pi_and_mask, trusted
+from ._compat import Array, device_of, float64_or_best, is_floating, namespace, on_other_device
+from ._validation import any_true, prepare_pi_and_mask, trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]
@@ -194,11 +194,11 @@ class Design(abc.ABC):
                 f"u has shape {tuple(u.shape)} but this design consumes uniforms of shape "
                 f"{tuple(self.uniform_shape)} (see .uniform_shape)"
             )
-        if device_of(u) != self.device:
+        if on_other_device(u, self.device):
             raise ValueError(
                 f"u is on device {device_of(u)} but the design's arrays are on {self.device}"
             )
-        if bool(xp.any(~((u >= 0) & (u < 1)))):
+        if any_true(xp, ~((u >= 0) & (u < 1))):
             raise ValueError("u must contain uniforms in [0, 1) (no NaN)")
         return self._sample(u)
 

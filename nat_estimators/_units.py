@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, device_of, is_array, is_floating, namespace
+from ._compat import Array, device_of, is_array, is_floating, namespace, on_other_device
 
 __all__ = ["Units", "align_units", "quiet_float_errors"]
 
@@ -94,7 +94,7 @@ def align_units(
             f"(axis={axis})"
         )
     for o in others:
-        if o is not None and is_array(o) and device_of(o) != device_of(y):
+        if o is not None and is_array(o) and on_other_device(o, device_of(y)):
             raise ValueError(
                 f"arrays live on different devices ({device_of(y)} and {device_of(o)}); "
                 "move them to one device first"

@@ -3,6 +3,12 @@ r"""Input checks shared by the designs and estimators, and the validated constru
 Every check raises :class:`ValueError` (or :class:`TypeError` for a wrong kind of object) with a
 message that names the argument, says what was wrong and what to do.  Checks reduce to Python
 bools, so on an accelerator they synchronise once per check.
+
+Every check of array *values* goes through :func:`any_true`, which reads values only from
+concrete arrays: under a JAX transformation (``jax.jit``, ``jax.grad``, ``jax.vmap``) the arrays
+are tracers, the value checks are skipped and the caller's inputs are trusted (as in
+``array-api-extra``).  Checks of types, dtypes and shapes always run.  Run a function once
+eagerly to have its inputs checked.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from ._compat import (
     is_array,
     is_floating,
     is_half,
+    is_traced,
     namespace,
+    on_other_device,
 )
 
 __all__ = [
+    "any_true",
     "check_bool_mask",
     "check_finite_result",
     "check_float_array",
@@ -33,6 +42,17 @@ __all__ = [
     "resolve_mask",
     "trusted",
 ]
+
+
+def any_true(xp: Any, cond: Array) -> bool:
+    """``bool(xp.any(cond))`` for a concrete ``cond``; ``False`` for a traced one (trusted).
+
+    The one guard of every value check: under a JAX transformation ``cond`` is a tracer whose
+    values cannot be read, and the check is skipped.
+    """
+    if is_traced(cond):
+        return False
+    return bool(xp.any(cond))
 
 
 def check_float_array(xp: Any, a: Any, name: str) -> Array:
@@ -92,12 +112,12 @@ def check_probabilities(
     """
     # one pass on the happy path (NaN fails both comparisons); diagnose only on failure
     ok = (pi > 0) & (pi <= 1) if not allow_zero else (pi >= 0) & (pi <= 1)
-    if not bool(xp.any(eligible & ~ok)):
+    if not any_true(xp, eligible & ~ok):
         return
     bad = eligible & ~xp.isfinite(pi)
-    if bool(xp.any(bad)):
+    if any_true(xp, bad):
         raise ValueError(f"{name} contains NaN or Inf at eligible positions; all must be finite")
-    if bool(xp.any(eligible & ((pi < 0) | (pi > 1)))):
+    if any_true(xp, eligible & ((pi < 0) | (pi > 1))):
         raise ValueError(f"{name} must lie in [0, 1] at eligible positions; found values outside")
     raise ValueError(
         f"{name} is 0 at an eligible position: that token could never be sampled and its "
@@ -111,7 +131,7 @@ def check_finite_result(xp: Any, out: Array, what: str) -> Array:
 
     Raises instead of returning Inf (or the NaN of Inf - Inf) quietly.
     """
-    if not bool(xp.all(xp.isfinite(out))):
+    if any_true(xp, ~xp.isfinite(out)):
         raise ValueError(
             f"{what} overflows {out.dtype} (largest finite value {xp.finfo(out.dtype).max:.3g}): "
             "the inputs are finite but the result is not representable — tiny inclusion "
@@ -178,7 +198,7 @@ def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) 
     if mask is None:
         return xp.ones(shape, dtype=xp.bool, device=dev)
     mask = check_bool_mask(xp, mask, "mask", shape=shape)
-    if device_of(mask) != dev:
+    if on_other_device(mask, dev):
         raise ValueError(
             f"mask is on device {device_of(mask)} but pi is on {dev}; move one of them"
         )

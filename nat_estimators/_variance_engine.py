@@ -13,10 +13,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, at_least_float32, is_torch_namespace
+from ._compat import Array, at_least_float32, device_of, eager_eval, is_torch_namespace
 from ._design import Design
 from ._units import Units, align_units
-from ._validation import check_bool_mask
+from ._validation import any_true, check_bool_mask
 
 
 class BiasedVarianceEstimateWarning(UserWarning):
@@ -261,7 +261,7 @@ def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
 
 def _check_sample(xp: Any, sample: Array, design: Design) -> Array:
     check_bool_mask(xp, sample, "sample", shape=tuple(design.mask.shape))
-    if bool(xp.any(sample & ~design.mask)):
+    if any_true(xp, sample & ~design.mask):
         raise ValueError(
             "sample selects units that are not eligible in the design; it must be a subset of "
             "design.mask — pass a sample drawn from this design"
@@ -274,17 +274,21 @@ def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: b
     dt = r.pi.dtype
     n = int(y.shape[1])
     _check_dense_size(r, design, f"variance_estimate(method={method!r})")
-    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
+    # a design built outside a JAX trace stays readable inside it: the warning below still fires
+    with eager_eval(xp):
+        p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
+        m = xp.reshape(design.mask, (r.n_rows, n))
+        elig = m[:, :, None] & m[:, None, :]
+        zero_pairs = any_true(xp, elig & (p2 <= 0))
     pi = r.pi
     both = s[:, :, None] & s[:, None, :]
-    elig = r.mask[:, :, None] & r.mask[:, None, :]
-    if bool(xp.any(both & (p2 <= 0))):
+    if any_true(xp, both & (p2 <= 0)):
         raise ValueError(
             f"sample contains two units that this {type(design).__name__} design never samples "
             "together (joint inclusion probability 0), so it is not a sample of this design; pass "
             "a sample drawn from it (design.draw / design.sample)"
         )
-    if bool(xp.any(elig & (p2 <= 0))):
+    if zero_pairs:
         warnings.warn(
             f"{type(design).__name__} has pairs of eligible units with joint inclusion probability "
             "0, which no sample ever contains: the variance estimate misses their contribution "
@@ -315,7 +319,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     xp = r.xp
     dt = r.pi.dtype
     n = xp.sum(xp.astype(s, xp.int64), axis=-1)
-    if bool(xp.any(n < 2)):
+    if any_true(xp, n < 2):
         raise ValueError(
             "sample: the successive-differences estimator needs at least 2 sampled units in every "
             "row (some row has fewer)"
@@ -325,7 +329,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     q = int(a.shape[-1])
     ac = xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], (*order.shape, q)), axis=-2)
     diff = ac[:, 1:, :] - ac[:, :-1, :]
-    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=a.device)
+    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=device_of(a))
     valid = xp.astype(k < n[:, None], dt)
     nf = xp.astype(n, dt)
     cnt = xp.astype(xp.sum(xp.astype(r.mask, xp.int64), axis=-1), dt)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, at_least_float32, float_dtype, is_half, namespace
+from ._compat import Array, at_least_float32, device_of, float_dtype, is_half, namespace
 from ._deprecation import positional_arrays
 from ._units import Units, align_units, quiet_float_errors
 from ._validation import (
+    any_true,
     check_bool_mask,
     check_finite_result,
     check_float_array,
@@ -120,7 +121,7 @@ def ht_weights(
         elig = sample
     else:
         elig = check_bool_mask(xp, mask, "mask", shape=tuple(pi.shape))
-        if bool(xp.any(sample & ~elig)):
+        if any_true(xp, sample & ~elig):
             raise ValueError(
                 "sample selects units outside mask (the eligible units): a sample must be drawn "
                 "from the design built on mask"
@@ -133,8 +134,8 @@ def ht_weights(
             "precision (bfloat16 has 8 mantissa bits) or overflow (float16) in half precision; "
             "keep the weights in float32 and let the loss be cast up"
         )
-    if not bool(xp.all(~elig | ((pi > 0) & (pi <= 1)))):
-        if bool(xp.any(elig & ~xp.isfinite(pi))):
+    if any_true(xp, elig & ~((pi > 0) & (pi <= 1))):
+        if any_true(xp, elig & ~xp.isfinite(pi)):
             raise ValueError("pi is NaN or Inf at a sampled (or eligible) unit")
         raise ValueError(
             "pi must lie in (0, 1] at every sampled (and every eligible) unit; a unit with pi = 0 "
@@ -225,7 +226,7 @@ def _population(population_size: Any, u: Units) -> Array:
     """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
     check_scalar_or_row_array(xp, population_size, "population_size", u.batch_shape)
-    n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
+    n = xp.asarray(population_size, dtype=u.y.dtype, device=device_of(u.y))
     try:
         n = xp.broadcast_to(n, u.batch_shape)
     except (ValueError, RuntimeError):
@@ -233,7 +234,7 @@ def _population(population_size: Any, u: Units) -> Array:
             f"population_size of shape {tuple(n.shape)} does not broadcast to the row shape "
             f"{u.batch_shape}"
         ) from None
-    if bool(xp.any(~(n > 0))) or bool(xp.any(~xp.isfinite(n))):
+    if any_true(xp, ~(n > 0)) or any_true(xp, ~xp.isfinite(n)):
         raise ValueError("population_size must be finite and > 0")
     return xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
 
@@ -277,7 +278,7 @@ def hajek_mean(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Arra
     u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
     nhat = xp.sum(w, axis=-1)
-    if bool(xp.any(nhat <= 0)):
+    if any_true(xp, nhat <= 0):
         raise ValueError(
             "the Hájek mean is undefined for an empty sample (a row has no sampled units); "
             "use the HT total/mean, or make sure every row samples at least one unit"

