@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last, is_array, is_half, namespace
+from ._compat import (
+    Array,
+    float64_or_best,
+    gather_last,
+    is_array,
+    is_half,
+    namespace,
+    sort_last,
+)
 from ._validation import check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
@@ -118,27 +126,56 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     # satisfies the capping condition below (not even m = #pos - 1), argmax falls back to m = 0
     # and the result is wrong (x = [1, 2, 3], n = 3 + 1e-13 gave [0.5, 1, 1]).
     n_arr = xp.minimum(n_arr, n_pos)
-    N = x.shape[-1]
-    xsort = xp.sort(xs, axis=-1, descending=True)
-    # T_m = sum_{j > m} x_(j) for m = 0..N-1: reverse cumulative sum (monotone under rounding).
-    suffix = xp.flip(xp.cumulative_sum(xp.flip(xsort, axis=-1), axis=-1), axis=-1)
-    m = xp.arange(N, dtype=dtype, device=dev)
-    nn = n_arr[..., None]
-    flags = (nn - m) * xsort <= suffix
-    # smallest m with the flag set (argmax returns the first maximum)
-    mstar = xp.argmax(xp.astype(flags, xp.int8), axis=-1, keepdims=True)
-    t_m = gather_last(xp, suffix, mstar)
-    # units at or above the capping threshold are exactly 1 (avoid 1 - 1e-16 from rounding)
-    kth = gather_last(xp, xsort, xp.maximum(mstar - 1, xp.zeros_like(mstar)))
-    capped = (mstar > 0) & (xs >= kth)
+    pi = _capped_probabilities(xp, xs, n_arr, n_pos)
+    return pi if pi.dtype == out_dtype else xp.astype(pi, out_dtype)
+
+
+def _capped_probabilities(xp: Any, xs: Array, n: Array, n_pos: Array) -> Array:
+    r"""The capping of :func:`inclusion_probabilities` on checked input, all rows at once.
+
+    ``xs``: finite sizes :math:`\ge 0`, 0 at ineligible positions, shape ``(..., N)``, floating;
+    ``n``: per-row targets in :math:`[0, n_+]` in ``xs``'s dtype, shape ``(...)``; ``n_pos``: the
+    number :math:`n_+` of positive sizes per row.  A row with ``n = 0`` gets :math:`\pi = 0`.
+
+    One ascending sort and one cumulative sum per row, then elementwise passes: no loop over rows
+    or tokens.  With :math:`a_1 \le \dots \le a_N` the ascending sizes and
+    :math:`P_i = a_1 + \dots + a_i`, descending rank :math:`m + 1` is ascending index
+    :math:`i = N - m` and :math:`T_m = P_{N-m}`, so the capping condition
+    :math:`(n - m)\, x_{(m+1)} \le T_m` reads :math:`(n - N + i)\, a_i \le P_i` and the smallest
+    such :math:`m` is the largest such :math:`i`.  (:math:`P` is the same sequence of rounded
+    partial sums as the reverse cumulative sum of the descending sort, so the result is the same
+    to the last bit.)
+    """
+    dtype = xs.dtype
+    dev = xs.device
+    N = xs.shape[-1]
+    asc = sort_last(xp, xs)
+    psum = xp.cumulative_sum(asc, axis=-1)
+    nn = n[..., None]
+    # (n - m) with m = N - 1 - i, for the 0-based ascending index i
+    minus_m = xp.arange(N, dtype=dtype, device=dev) - (N - 1)
+    lhs = nn + minus_m
+    lhs *= asc  # in place: one (..., N) temporary fewer
+    flags = lhs <= psum
+    # largest i with the flag set = smallest m (argmax returns the first maximum; no flag: m = 0)
+    mstar = xp.argmax(xp.astype(xp.flip(flags, axis=-1), xp.int8), axis=-1, keepdims=True)
+    t_m = gather_last(xp, psum, N - 1 - mstar)
+    one = xp.ones((), dtype=dtype, device=dev)
+    # Units at or above the capping threshold x_(m) are exactly 1 (avoid 1 - 1e-16 from rounding);
+    # x_(m) > 0 whenever m > 0 (the flag at m - 1 failed), so no zero size is ever capped.  No
+    # unit is capped where m = 0 (threshold +inf), and where n = number of positive sizes every
+    # positive unit is a certainty unit, exactly (equal sizes could otherwise give 1 - 1e-16 when
+    # the rounded sum lets m = 0 pass the test above): threshold the smallest positive float.
+    kth = gather_last(xp, asc, xp.minimum(N - mstar, xp.full_like(mstar, N - 1)))
+    kth = xp.where(mstar > 0, kth, xp.full_like(kth, xp.inf))
+    tiny = xp.nextafter(xp.zeros((), dtype=dtype, device=dev), one)
+    thr = xp.where((n >= n_pos)[..., None], xp.broadcast_to(tiny, kth.shape), kth)
+    capped = xs >= thr
     # pi = (n - m) x / T_m on the other units.  There x <= x_(m+1) <= T_m / (n - m), so the ratio
     # x / T_m is at most 1; forming c = (n - m) / T_m first overflowed for subnormal T_m.
-    free = xp.where(capped, xp.zeros_like(xs), xs)
-    ratio = free / xp.where(t_m > 0, t_m, xp.ones_like(t_m))
-    pi = xp.minimum(xp.ones_like(xs), (nn - xp.astype(mstar, dtype)) * ratio)
-    # n = number of positive sizes: every positive unit is a certainty unit, exactly (equal sizes
-    # could otherwise give 1 - 1e-16 when the rounded sum lets m = 0 pass the test above)
-    capped = capped | ((nn >= n_pos[..., None]) & (xs > 0))
-    pi = xp.where(capped, xp.ones_like(pi), pi)
-    pi = xp.where(mask, pi, xp.zeros_like(pi))
-    return pi if pi.dtype == out_dtype else xp.astype(pi, out_dtype)
+    # (In place on a fresh array, in the same order of operations: free / T_m, then times n - m.)
+    pi = xp.where(capped, xp.zeros((), dtype=dtype, device=dev), xs)
+    pi /= xp.where(t_m > 0, t_m, xp.ones_like(t_m))
+    pi *= nn - xp.astype(mstar, dtype)
+    pi = xp.minimum(pi, one)
+    return xp.where(capped, one, pi)
