@@ -208,7 +208,7 @@ class Prefix(_PiDesign, name="prefix"):
             tokens (a minimum prefix).
         dtype : dtype, optional
             Float dtype of :math:`\pi`: float32 or float64 (default float64 where available);
-            half precision is refused.
+            half precision is refused.  The budget is solved in float64 either way.
 
         Raises
         ------
@@ -250,6 +250,7 @@ class Prefix(_PiDesign, name="prefix"):
                 "function cannot hit the budget (float16 keeps every token, bfloat16 keeps 1520 "
                 "of 1500 asked); use float32 or float64"
             )
+        out_dt, dt = dt, float64_or_best(xp, dev)  # the budget is solved in float64
         count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)
         # floor (not ceil): then every row is feasible whenever keep >= mu + a (1 - mu)
         m = xp.floor(count * mu + 1e-9)
@@ -278,6 +279,7 @@ class Prefix(_PiDesign, name="prefix"):
         lin = xp.maximum(1 - j * t[..., None], a * xp.ones_like(j))
         pi = xp.where(j <= 0, xp.ones_like(j), xp.minimum(lin, xp.ones_like(lin)))
         pi = xp.where(mask, pi, xp.zeros_like(pi))
+        pi = pi if pi.dtype == out_dt else xp.astype(pi, out_dt)
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 
