@@ -15,11 +15,13 @@ from array_api_compat import array_namespace, device, is_array_api_obj
 
 __all__ = [
     "Array",
+    "at_least_float32",
     "device_of",
     "float_dtype",
     "gather_last",
     "is_array",
     "is_floating",
+    "is_half",
     "is_torch_namespace",
     "namespace",
     "sort_last",
@@ -30,8 +32,10 @@ __all__ = [
 Array = Any
 
 
-def namespace(*arrays: Any) -> Any:
+def namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Any:
     """Array namespace shared by ``arrays`` (``None`` entries and Python scalars are ignored).
+
+    ``names`` (one per argument) name the arguments in the error for mixed libraries.
 
     Raises
     ------
@@ -44,7 +48,19 @@ def namespace(*arrays: Any) -> Any:
             "expected at least one array (numpy, torch, array-api-strict, ...); got "
             + ", ".join(type(a).__name__ for a in arrays)
         )
-    return array_namespace(*arrs)
+    try:
+        return array_namespace(*arrs)
+    except TypeError:
+        labels = names if names is not None and len(names) == len(arrays) else tuple(
+            f"argument {i + 1}" for i in range(len(arrays)))
+        kinds = [f"{lab} is a {type(a).__module__.split('.')[0]} {type(a).__name__}"
+                 for lab, a in zip(labels, arrays, strict=True)
+                 if a is not None and is_array_api_obj(a)]
+        raise TypeError(
+            "the arrays of one call must come from one array library, but "
+            + ", ".join(kinds)
+            + "; convert them first (e.g. torch.as_tensor(a) or t.numpy())"
+        ) from None
 
 
 def is_array(x: Any) -> bool:
@@ -72,6 +88,22 @@ def float_dtype(xp: Any, *arrays: Array) -> Any:
     if not dts:
         return xp.asarray(0.0).dtype
     return xp.result_type(*dts)
+
+
+def at_least_float32(xp: Any, dtype: Any) -> Any:
+    r"""``dtype`` promoted to at least float32 (half precision -> float32, others unchanged).
+
+    Half precision (float16: 11 significant bits, largest value 65504; bfloat16: 8 bits) cannot
+    hold the sums and reciprocals the estimators form — ``1/pi`` overflows float16 below
+    :math:`\pi \approx 1.5 \cdot 10^{-5}` and a sum of a few thousand probabilities misses its
+    budget by percents — so computations accumulate in at least float32.
+    """
+    return xp.result_type(dtype, xp.float32)
+
+
+def is_half(xp: Any, dtype: Any) -> bool:
+    """Whether ``dtype`` is a floating dtype narrower than float32 (float16, bfloat16)."""
+    return bool(xp.isdtype(dtype, "real floating")) and xp.finfo(dtype).bits < 32
 
 
 def float64_or_best(xp: Any, dev: Any) -> Any:

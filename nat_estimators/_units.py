@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,13 @@ class Units:
         return self.xp.reshape(c, (*self.batch_shape, *self.value_shape, *self.value_shape))
 
 
-def align_units(y: Any, axis: int, unit_shape: tuple[int, ...] | None, *others: Any) -> Units:
+def align_units(
+    y: Any,
+    axis: int,
+    unit_shape: tuple[int, ...] | None,
+    *others: Any,
+    names: tuple[str, ...] | None = None,
+) -> Units:
     """Validate ``y`` against the expected ``(*batch, N)`` unit shape and flatten value axes.
 
     Parameters
@@ -64,14 +71,17 @@ def align_units(y: Any, axis: int, unit_shape: tuple[int, ...] | None, *others: 
         Expected ``y.shape[:axis + 1]`` (the shape of the mask / the design's arrays).
     others : arrays
         Other arrays of the call (for namespace inference).
+    names : tuple of str, optional
+        The names of ``others`` (for the error on arrays from different libraries).
     """
     if not is_array(y):
         raise TypeError(f"y must be an array, got {type(y).__name__}")
-    xp = namespace(y, *others)
+    xp = namespace(y, *others, names=("y", *names) if names is not None else None)
     if not is_floating(xp, y):
         raise ValueError(f"y must have a real floating dtype, got {y.dtype}")
-    if isinstance(axis, bool) or not isinstance(axis, int):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = int(axis)  # numpy integers are fine
     nd = y.ndim
     if not -nd <= axis < nd:
         raise ValueError(f"axis={axis} is out of range for y with {nd} dimension(s)")

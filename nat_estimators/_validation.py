@@ -11,10 +11,19 @@ import math
 import numbers
 from typing import Any
 
-from ._compat import Array, device_of, is_array, is_floating, namespace
+from ._compat import (
+    Array,
+    at_least_float32,
+    device_of,
+    is_array,
+    is_floating,
+    is_half,
+    namespace,
+)
 
 __all__ = [
     "check_bool_mask",
+    "check_finite_result",
     "check_float_array",
     "check_fraction",
     "check_probabilities",
@@ -97,6 +106,21 @@ def check_probabilities(
     )
 
 
+def check_finite_result(xp: Any, out: Array, what: str) -> Array:
+    """A result computed from finite inputs must be finite: otherwise it overflowed its dtype.
+
+    Raises instead of returning Inf (or the NaN of Inf - Inf) quietly.
+    """
+    if not bool(xp.all(xp.isfinite(out))):
+        raise ValueError(
+            f"{what} overflows {out.dtype} (largest finite value {xp.finfo(out.dtype).max:.3g}): "
+            "the inputs are finite but the result is not representable — tiny inclusion "
+            "probabilities make 1/pi and its square huge. Pass y and pi (or the design's "
+            "probabilities) in float64"
+        )
+    return out
+
+
 def check_fraction(v: Any, name: str, *, low_open: bool = True) -> float:
     """A finite Python number in (0, 1] (``low_open``) or [0, 1], returned as float."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
@@ -118,6 +142,13 @@ def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int
             raise ValueError(f"{name} must be finite, got {v}")
         return v
     if is_array(v):
+        if namespace(v) is not xp:
+            raise TypeError(
+                f"{name} is a {type(v).__module__.split('.')[0]} {type(v).__name__} but the other "
+                "arrays of the call come from another array library; convert it first"
+            )
+        if not (xp.isdtype(v.dtype, "real floating") or xp.isdtype(v.dtype, "integral")):
+            raise ValueError(f"{name} must have a real (integer or floating) dtype, got {v.dtype}")
         if v.ndim > len(batch_shape) or any(
             s not in (1, b) for s, b in zip(v.shape[::-1], batch_shape[::-1], strict=False)
         ):
@@ -157,10 +188,14 @@ def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) 
 def prepare_pi_and_mask(pi: Array, mask: Array | None) -> tuple[Any, Array, Array]:
     """Validate ``pi`` in (0, 1] on eligible positions; return ``(xp, pi_clean, mask)``.
 
-    ``pi_clean`` is ``pi`` with exact zeros at ineligible positions.
+    ``pi_clean`` is ``pi`` with exact zeros at ineligible positions, in at least float32 (a
+    half-precision ``pi`` is widened exactly: sums and reciprocals of it are not formed in half
+    precision).
     """
-    xp = namespace(pi, mask)
+    xp = namespace(pi, mask, names=("pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
+    if is_half(xp, pi.dtype):
+        pi = xp.astype(pi, at_least_float32(xp, pi.dtype))
     if pi.shape[-1] == 0:
         raise ValueError("pi has an empty token axis; there must be at least one token position")
     mask = resolve_mask(xp, mask, tuple(pi.shape), device_of(pi))

@@ -22,17 +22,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float_dtype, namespace
+from ._compat import Array, at_least_float32, float_dtype, is_half, namespace
 from ._deprecation import positional_arrays
-from ._units import Units, align_units
-from ._validation import check_bool_mask, check_float_array
+from ._units import Units, align_units, quiet_float_errors
+from ._validation import (
+    check_bool_mask,
+    check_finite_result,
+    check_float_array,
+    check_scalar_or_row_array,
+)
 
 __all__ = ["hajek_mean", "hajek_total", "ht_mean", "ht_total", "ht_weights"]
 
 
 def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Array, Array]:
     """Validate and return (units, sample, weights 1/pi at sampled units)."""
-    u0 = align_units(y, axis, None, sample, pi)
+    u0 = align_units(y, axis, None, sample, pi, names=("sample", "pi"))
     xp = u0.xp
     ushape = (*u0.batch_shape, u0.y.shape[-2])
     check_bool_mask(xp, sample, "sample")
@@ -48,8 +53,8 @@ def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Arra
             f"{tuple(sample.shape)} of sample and pi; y must be aligned with them up to and "
             "including its unit axis (axes after it are value axes)"
         )
-    w = ht_weights(sample, pi)
-    dt = float_dtype(xp, u0.y, pi)
+    dt = at_least_float32(xp, float_dtype(xp, u0.y, pi))
+    w = ht_weights(sample, pi, dtype=dt)
     yv = xp.astype(u0.y, dt) if u0.y.dtype != dt else u0.y
     yv = xp.where(sample[..., None], yv, xp.zeros_like(yv))
     units = Units(xp=xp, y=yv, batch_shape=u0.batch_shape, value_shape=u0.value_shape)
@@ -75,9 +80,11 @@ def ht_weights(
         Eligible units (e.g. the response mask); ``sample`` must lie inside it.  Default:
         ``sample`` (only the sampled units' ``pi`` is checked).
     dtype : dtype, optional
-        Floating dtype of the weights (default: ``pi``'s).  :math:`1/\pi` is formed in ``pi``'s
-        dtype and then cast.  Half precision is refused: :math:`1/\pi` rounds (bfloat16 keeps 8
-        mantissa bits) or overflows (float16).
+        Floating dtype of the weights (default: ``pi``'s, float32 for a half-precision ``pi``).
+        :math:`1/\pi` is formed in ``pi``'s dtype (at least float32) and then cast.  Half
+        precision is refused: :math:`1/\pi` rounds (bfloat16 keeps 8 mantissa bits) or overflows
+        (float16).  A weight that overflows ``dtype`` (:math:`\pi < 3 \cdot 10^{-39}` for
+        float32) is an error, never ``inf``.
 
     Returns
     -------
@@ -106,7 +113,7 @@ def ht_weights(
     >>> ht_weights(s, p, mask=torch.ones(1, 3, dtype=torch.bool), dtype=torch.float32)
     tensor([[2., 0., 4.]])
     """
-    xp = namespace(sample, pi, mask)
+    xp = namespace(sample, pi, mask, names=("sample", "pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
     check_bool_mask(xp, sample, "sample", shape=tuple(pi.shape))
     if mask is None:
@@ -118,6 +125,8 @@ def ht_weights(
                 "sample selects units outside mask (the eligible units): a sample must be drawn "
                 "from the design built on mask"
             )
+    if is_half(xp, pi.dtype):
+        pi = xp.astype(pi, at_least_float32(xp, pi.dtype))
     if dtype is not None and dtype not in (xp.float32, xp.float64):
         raise ValueError(
             f"dtype must be float32 or float64, got {dtype}: Horvitz–Thompson weights 1/pi lose "
@@ -133,8 +142,10 @@ def ht_weights(
             "pi"
         )
     safe = xp.where(sample, pi, xp.ones_like(pi))
-    w = xp.where(sample, 1 / safe, xp.zeros_like(pi))
-    return w if dtype is None or w.dtype == dtype else xp.astype(w, dtype)
+    with quiet_float_errors():
+        w = xp.where(sample, 1 / safe, xp.zeros_like(pi))
+        w = w if dtype is None or w.dtype == dtype else xp.astype(w, dtype)
+    return check_finite_result(xp, w, "a Horvitz–Thompson weight 1/pi")
 
 
 @positional_arrays("y", "sample", "pi", renamed={"mask": "sample"})
@@ -157,8 +168,9 @@ def ht_total(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     -------
     array, shape (..., *V)
         :math:`\hat Y = \sum_{k \in S} y_k/\pi_k`; 0 for an empty sample.  In the promoted
-        floating dtype of ``y`` and ``pi`` (float32 ``y`` with float32 ``pi`` stays float32), in
-        their namespace and on their device.
+        floating dtype of ``y`` and ``pi``, at least float32 (float32 ``y`` with float32 ``pi``
+        stays float32; half precision is accumulated in float32), in their namespace and on their
+        device.  A total that overflows that dtype is an error, never ``inf``.
 
     Notes
     -----
@@ -178,7 +190,9 @@ def ht_total(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     """
     u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
-    return u.restore(xp.sum(w[..., None] * u.y, axis=-2))
+    with quiet_float_errors():
+        out = xp.sum(w[..., None] * u.y, axis=-2)
+    return u.restore(check_finite_result(xp, out, "the Horvitz–Thompson total"))
 
 
 @positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})
@@ -210,6 +224,7 @@ def ht_mean(
 def _population(population_size: Any, u: Units) -> Array:
     """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
+    check_scalar_or_row_array(xp, population_size, "population_size", u.batch_shape)
     n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
     try:
         n = xp.broadcast_to(n, u.batch_shape)
@@ -267,7 +282,9 @@ def hajek_mean(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Arra
             "the Hájek mean is undefined for an empty sample (a row has no sampled units); "
             "use the HT total/mean, or make sure every row samples at least one unit"
         )
-    return u.restore(xp.sum(w[..., None] * u.y, axis=-2) / nhat[..., None])
+    with quiet_float_errors():
+        out = xp.sum(w[..., None] * u.y, axis=-2) / nhat[..., None]
+    return u.restore(check_finite_result(xp, out, "the Hájek mean"))
 
 
 @positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})

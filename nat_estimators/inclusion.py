@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, gather_last, namespace, sort_last
+from ._compat import (
+    Array,
+    float64_or_best,
+    gather_last,
+    is_array,
+    is_half,
+    namespace,
+    sort_last,
+)
 from ._validation import check_bool_mask, check_float_array, check_scalar_or_row_array
 
 __all__ = ["inclusion_probabilities"]
@@ -30,14 +38,18 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
         rows on the leading axes.
     n : float or array of shape (...)
         Target expected sample size per row, :math:`0 < n \le \#\{k : x_k > 0\}`; need not be an
-        integer (Poisson sampling, systematic sampling with a random size).
+        integer (Poisson sampling, systematic sampling with a random size).  A row without
+        eligible tokens takes :math:`n = 0` (its :math:`\pi` is all 0).
     mask : array of bool, shape (..., N), optional
         Eligible positions; ``x`` is ignored elsewhere (may be NaN there) and :math:`\pi = 0`.
 
     Returns
     -------
     array, shape (..., N)
-        :math:`\pi_k \in [0, 1]` with :math:`\sum_k \pi_k = n` per row, in ``x``'s dtype.
+        :math:`\pi_k \in [0, 1]` with :math:`\sum_k \pi_k = n` per row, in ``x``'s dtype —
+        float32 for half-precision ``x`` (float16/bfloat16 sizes are computed in float64: in
+        half precision the sums that set the budget are off by percents, and so would be
+        :math:`\pi` itself).
 
     Raises
     ------
@@ -68,8 +80,10 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     >>> nat.inclusion_probabilities(np.array([1.0, 1.0, 2.0, 20.0]), 2)
     array([0.25, 0.25, 0.5 , 1.  ])
     """
-    xp = namespace(x, mask)
+    xp = namespace(x, mask, n if is_array(n) else None, names=("x", "mask", "n"))
     x = check_float_array(xp, x, "x")
+    if x.shape[-1] == 0:
+        raise ValueError("x has an empty token axis; there must be at least one token position")
     if mask is None:
         mask = xp.ones(x.shape, dtype=xp.bool, device=x.device)
     else:
@@ -80,11 +94,20 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
         raise ValueError("x contains negative sizes; size measures must be >= 0")
     batch_shape = tuple(x.shape[:-1])
     n = check_scalar_or_row_array(xp, n, "n", batch_shape)
+    out_dtype = x.dtype
+    if is_half(xp, x.dtype):
+        out_dtype = xp.float32
+        x = xp.astype(x, float64_or_best(xp, x.device))
     dtype = x.dtype
     dev = x.device
     n_arr = xp.broadcast_to(xp.asarray(n, dtype=dtype, device=dev), batch_shape)
-    if bool(xp.any(~(n_arr > 0))):
-        raise ValueError("n must be > 0 (the expected sample size of every row)")
+    # n = 0 is the only possible size of a row without eligible tokens (and only there)
+    empty_row = ~xp.any(mask, axis=-1)
+    if bool(xp.any(~((n_arr > 0) | ((n_arr == 0) & empty_row)))):
+        raise ValueError(
+            "n must be > 0 (the expected sample size of every row); n = 0 is allowed only for "
+            "rows without eligible tokens (pass n as a per-row array)"
+        )
     xs = xp.where(mask, x, xp.zeros_like(x))
     # pi does not depend on the scale of a row's sizes: rows with huge sizes are divided by their
     # maximum so that the sums below cannot overflow (sizes near 1e308 gave a RuntimeWarning and
@@ -96,13 +119,15 @@ def inclusion_probabilities(x: Array, n: Any, *, mask: Array | None = None) -> A
     if bool(xp.any(n_arr > n_pos * (1 + 1e-12))):
         raise ValueError(
             "n exceeds the number of eligible tokens with positive size in some row, so "
-            "sum(pi) = n is infeasible with pi <= 1; lower n or give more tokens a positive size"
+            "sum(pi) = n is infeasible with pi <= 1; lower n or give more tokens a positive size "
+            "(a row without eligible tokens takes n = 0)"
         )
     # n within the rounding tolerance above #positive sizes: clamp it.  Without this no m
     # satisfies the capping condition below (not even m = #pos - 1), argmax falls back to m = 0
     # and the result is wrong (x = [1, 2, 3], n = 3 + 1e-13 gave [0.5, 1, 1]).
     n_arr = xp.minimum(n_arr, n_pos)
-    return _capped_probabilities(xp, xs, n_arr, n_pos)
+    pi = _capped_probabilities(xp, xs, n_arr, n_pos)
+    return pi if pi.dtype == out_dtype else xp.astype(pi, out_dtype)
 
 
 def _capped_probabilities(xp: Any, xs: Array, n: Array, n_pos: Array) -> Array:

@@ -143,6 +143,14 @@ class Poisson(_PiDesign, name="poisson"):
         return (u < self.pi) & self.mask
 
     # -------------------------------------------------------------- hooks
+    def _refuse_impossible(self, sample: Array) -> None:
+        # a unit with pi = 1 is in every sample
+        if bool(self.xp.any(self.mask & (self.pi >= 1) & ~sample)):
+            raise ValueError(
+                "sample leaves out a unit with pi = 1, which this Poisson design always samples: "
+                "it is not a sample of this design; pass a sample drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_poisson(rows, y, cov)
 

@@ -38,7 +38,12 @@ def _as_integer_sizes(xp: Any, n: Any, batch_shape: tuple[int, ...], dev: Any) -
     if isinstance(n, numbers.Real):
         if float(n) != int(float(n)):
             raise ValueError(f"n must be an integer sample size (a fixed-size design), got {n}")
-        n = int(float(n))
+        n = int(n) if isinstance(n, numbers.Integral) else int(float(n))
+        if not -(2**62) < n < 2**62:  # int64 holds it; no row has that many tokens anyway
+            raise ValueError(
+                f"n = {n} is out of range: it must satisfy 0 <= n <= the number of eligible tokens "
+                "of every row"
+            )
         arr = xp.full(batch_shape, n, dtype=xp.int64, device=dev)
     else:
         if xp.isdtype(n.dtype, "integral"):
@@ -89,7 +94,7 @@ class SimpleRandom(Design, name="simple_random"):
     def __post_init__(self) -> None:
         if self.mask is None:
             raise TypeError("SimpleRandom needs mask= (the eligible positions of every row)")
-        xp = namespace(self.mask, self.n if is_array(self.n) else None)
+        xp = namespace(self.mask, self.n if is_array(self.n) else None, names=("mask", "n"))
         mask = check_bool_mask(xp, self.mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
@@ -221,6 +226,15 @@ class SimpleRandom(Design, name="simple_random"):
         return (below | take) & (self.n > 0)[..., None]
 
     # -------------------------------------------------------------- hooks
+    def _refuse_impossible(self, sample: Array) -> None:
+        xp = self.xp
+        size = xp.sum(xp.astype(sample, xp.int64), axis=-1)
+        if bool(xp.any(size != self.n)):
+            raise ValueError(
+                "sample does not have exactly n units in every row, so it is not a sample of this "
+                "SimpleRandom design (every sample has size n); pass a sample drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_srs(rows, y, self, cov)
 
