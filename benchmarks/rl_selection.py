@@ -15,7 +15,7 @@ warm-up, with the garbage collector off while timing:
   whole attention mask, the same budget; ``pack/crop+scatter`` adds :meth:`PackPlan.scatter
   <nat_estimators.rl.PackPlan.scatter>` of one value per packed slot (information, no target).
 
-Ratios (``<case>_vs_uniform@BxT``) divide a case's median by the median of the uniform Poisson
+Ratios (``<case>_vs_poisson@BxT``) divide a case's median by the median of the uniform Poisson
 design (``select/poisson``, the paper's URS) timed in the same rounds; ``..._vs_fastest_uniform``
 divides by the fastest of the four uniform designs.  The target is ``<= 2`` against Poisson for
 the proportional designs and for ``pack_rows``.  Times are process CPU time by default (one torch
@@ -49,7 +49,7 @@ __all__ = ["TARGET", "run_rl_selection_benchmarks"]
 
 #: Keep fraction of every design.
 KEEP = 0.5
-#: Bound on ``<case>_vs_uniform`` for the proportional designs and ``pack_rows``.
+#: Bound on ``<case>_vs_poisson`` for the proportional designs and ``pack_rows``.
 TARGET = 2.0
 #: Batch shape of the full run (a realistic verl step) and of ``--quick``.
 FULL_SHAPE, QUICK_SHAPE = (4096, 8192), (256, 8192)
@@ -189,7 +189,7 @@ def run_rl_selection_benchmarks(
     records: list[dict[str, Any]] = []
     for n, ts in times.items():
         key = n.replace("/", "_")
-        ratios[f"{key}_vs_uniform@{tag}"] = med[n] / base
+        ratios[f"{key}_vs_poisson@{tag}"] = med[n] / base
         rec: dict[str, Any] = {
             "name": f"rl_selection/{n}",
             "section": "rl_selection",
@@ -272,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from benchmarks.samplers import machine_info
 
-        out = {"machine": machine_info(), **res}
+        machine = machine_info()
+        machine["command"] = " ".join(["python", "benchmarks/rl_selection.py",
+                                       *(argv if argv is not None else sys.argv[1:])])
+        out = {"machine": machine, **res}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
