@@ -24,7 +24,7 @@ def actor_config(loss_mode="vanilla", agg="token-mean", *, kl=True, entropy=True
 
 def micro_batch(lengths, *, prompt_len=3, width=None, seed=0, holes=True, dp_size=1,
                 batch_num_tokens=None, global_batch_size=None, weights=None,
-                response_mask=None, rollout_is=False):
+                response_mask=None, rollout_is=False, dtype=torch.float32, trend=0.0):
     """(data TensorDict, log_prob leaf (B, R), entropy leaf (B, R)) in verl's padded layout.
 
     Row i has a whole prompt of ``prompt_len`` tokens and ``lengths[i]`` response tokens
@@ -60,6 +60,12 @@ def micro_batch(lengths, *, prompt_len=3, width=None, seed=0, holes=True, dp_siz
     # current log-probs: near the old ones (some ratios clipped), entropies positive
     log_prob = (data["old_log_probs"] + 0.4 * torch.randn(B, R, generator=g)).clamp_max(-1e-3)
     entropy = 0.5 + torch.rand(B, R, generator=g)
+    if trend:  # advantages drift along the response: cutting late tokens then matters
+        data["advantages"] = data["advantages"] + trend * t[None, :].float()
+    for k in ("old_log_probs", "advantages", "ref_log_prob", "rollout_is_weights"):
+        if k in data:
+            data[k] = data[k].to(dtype)
+    log_prob, entropy = log_prob.to(dtype), entropy.to(dtype)
     td = TensorDict(data, batch_size=[B])
     tu.assign_non_tensor(td, dp_size=dp_size, batch_num_tokens=batch_num_tokens,
                          global_batch_size=global_batch_size)
