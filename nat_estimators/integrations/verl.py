@@ -580,8 +580,8 @@ class NATTrainerMixin:
     Examples
     --------
     >>> from nat_estimators.integrations.verl import NATTrainerMixin
-    >>> [m for m in ("init_workers", "_update_actor") if m in vars(NATTrainerMixin)]
-    ['init_workers', '_update_actor']
+    >>> [m for m in ("init_workers", "nat_setup", "_update_actor") if m in vars(NATTrainerMixin)]
+    ['init_workers', 'nat_setup', '_update_actor']
     """
 
     config: Any
@@ -590,6 +590,14 @@ class NATTrainerMixin:
 
     def init_workers(self) -> None:
         super().init_workers()  # type: ignore[misc]
+        self.nat_setup()
+
+    def nat_setup(self) -> None:
+        """Read the ``nat`` section, build the selector, install the loss on the actor workers.
+
+        Called by :meth:`init_workers` once the workers exist; a no-op without a ``nat``
+        section.
+        """
         options = nat_options(self.config)
         if not options:
             return
