@@ -88,8 +88,10 @@ class LocalActorGroup:
             import torch.distributed as dist
             parts = [None] * WORLD
             dist.all_gather_object(parts, {k: out[k] for k in ("log_probs", "entropy")})
-            for k in ("log_probs", "entropy"):
-                out[k] = tu.concat_nested_tensors([p[k] for p in parts])
+            out = tu.get_tensordict(
+                {k: tu.concat_nested_tensors([p[k] for p in parts])
+                 for k in ("log_probs", "entropy")},
+                non_tensor_dict={"metrics": tu.get(out, "metrics")})
         return out
 
 
