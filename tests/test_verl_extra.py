@@ -20,8 +20,9 @@ def test_import_without_verl_names_the_extra():
 
 
 def test_the_extra_pins_the_tested_range():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extra = meta["project"]["optional-dependencies"]["verl"]

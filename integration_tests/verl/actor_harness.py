@@ -103,7 +103,7 @@ def config(**over):
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
         "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.shuffle=False",
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
-        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+        "actor_rollout_ref.actor.use_dynamic_bsz=True", "trainer.use_v1=false",
         "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=40",
     ] + [f"{k}={v}" for k, v in over.items()]
     with initialize_config_dir(config_dir=d, version_base=None):

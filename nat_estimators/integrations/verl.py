@@ -242,7 +242,7 @@ class NATSelector:
     ...     "advantages": torch.ones(2, 4)})
     >>> sel = NATSelector("systematic", keep=0.5, seed=0).select(batch)
     >>> batch.batch["nat_weights"].tolist()
-    [[2.0, 0.0, 2.0, 0.0], [0.0, 2.0, 0.0, 0.0]]
+    [[0.0, 2.0, 0.0, 2.0], [0.0, 2.0, 0.0, 0.0]]
     >>> batch.batch["response_mask"].tolist()  # untouched
     [[1, 1, 1, 1], [1, 1, 0, 0]]
     """
@@ -570,7 +570,9 @@ def nat_ppo_loss(
 class NATTrainerMixin:
     """Switches NAT on in ``RayPPOTrainer`` from the config's ``nat`` section.
 
-    Use as ``class NATRayPPOTrainer(NATTrainerMixin, RayPPOTrainer)``.  After the workers are
+    Use as ``class NATRayPPOTrainer(NATTrainerMixin, RayPPOTrainer)`` with
+    ``trainer.use_v1=false`` (``RayPPOTrainer`` is verl's trainer for that setting; the v1
+    trainers move batches through a transfer queue and are refused).  After the workers are
     built it installs :func:`nat_ppo_loss` on the actor workers (``set_loss_fn``, the hook verl
     uses for the critic's loss); in every step, after the advantages, it draws the selection with
     :class:`NATSelector` and, for prefix cutting, hands the actor update a batch whose attention
@@ -601,6 +603,13 @@ class NATTrainerMixin:
         options = nat_options(self.config)
         if not options:
             return
+        trainer_cfg = _get(self.config, "trainer", None)
+        if trainer_cfg is not None and _get(trainer_cfg, "use_v1", False):
+            raise ValueError(
+                "NATTrainerMixin extends RayPPOTrainer, verl's trainer for trainer.use_v1=false; "
+                "the v1 trainers move batches through a transfer queue that it does not handle. "
+                "Set trainer.use_v1=false"
+            )
         from verl.utils.config import omega_conf_to_dataclass
 
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
