@@ -27,3 +27,4 @@ def test_the_extra_pins_the_tested_range():
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extra = meta["project"]["optional-dependencies"]["verl"]
     assert "verl>=0.9,<0.10" in extra and any(x.startswith("ray") for x in extra)
+
