@@ -7,6 +7,8 @@ import pytest
 pytest.importorskip("verl")
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from verl import DataProto
 
 import nat_estimators.integrations.verl as nat_verl
@@ -152,3 +154,27 @@ def test_untested_verl_version(monkeypatch):
     monkeypatch.setenv("NAT_ESTIMATORS_ALLOW_UNTESTED_VERL", "1")
     with pytest.warns(UserWarning, match="0.10.0"):
         nat_verl._check_verl_version("0.10.0")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.sampled_from(
+    ["prefix", "poisson", "systematic", "simple_random"]), st.floats(0.05, 1.0),
+    st.integers(0, 2**31 - 1))
+def test_selection_invariants(lengths, design, keep, seed):
+    """Weights live on the mask and equal 1/pi there; the cropped attention keeps the sample."""
+    B, P, R = len(lengths), 2, 9
+    rm = (torch.arange(R)[None, :] < torch.tensor(lengths)[:, None]).long()
+    b = DataProto.from_single_dict({
+        "prompts": torch.ones(B, P, dtype=torch.long), "responses": rm.clone(),
+        "attention_mask": torch.cat([torch.ones(B, P, dtype=torch.long), rm], 1),
+        "response_mask": rm.clone(), "advantages": torch.ones(B, R)})
+    sel = NATSelector(design, keep, seed=seed).select(b)
+    w = b.batch["nat_weights"]
+    assert torch.equal(b.batch["response_mask"], rm)
+    assert bool((w[~rm.bool()] == 0).all())
+    assert torch.equal(w > 0, sel.sample)
+    torch.testing.assert_close(w[sel.sample].double(), 1 / sel.pi[sel.sample], rtol=1e-6, atol=0)
+    if design == "prefix":
+        c = NATSelector.cropped(b).batch["attention_mask"][:, P:].bool()
+        assert bool((sel.sample <= c).all())
+        assert torch.equal(c.sum(-1), sel.crop_lengths)

@@ -41,7 +41,6 @@ from typing import Any
 try:
     import torch
     import verl
-    from verl import DataProto
     from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
@@ -626,6 +625,3 @@ class NATTrainerMixin:
             NATSelector.cropped(batch) if sel.crop else batch
         )
 
-
-# verl's DataProto is what the driver passes around (kept importable for type hints here)
-_ = DataProto
