@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-verl = pytest.importorskip("verl")
+verl = pytest.importorskip(
+    "verl", reason="verl lives in its own environment; .ci/run builds it and runs these tests")
 
 import torch  # noqa: E402
 from helpers import AGG_MODES, actor_config, micro_batch, model_output  # noqa: E402

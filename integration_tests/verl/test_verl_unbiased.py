@@ -15,7 +15,8 @@ import math
 
 import pytest
 
-verl = pytest.importorskip("verl")
+verl = pytest.importorskip(
+    "verl", reason="verl lives in its own environment; .ci/run builds it and runs these tests")
 
 import torch  # noqa: E402
 from helpers import AGG_MODES, actor_config, micro_batch, model_output  # noqa: E402
@@ -109,13 +110,13 @@ def test_shortcut_biased_in_every_mode_under_prefix():
         assert abs(short - float(full)) > 0.05 * abs(float(full)), (agg, short, float(full))
 
 
-N_DRAWS = 1500
+N_DRAWS = 800
 LEVEL = 1e-3  # family-wise false-alarm level of the Monte Carlo check
 
 
 @pytest.mark.parametrize("design", ["prefix", "poisson_proportional"])
 def test_monte_carlo_through_selector(design):
-    """Mean of NAT losses over N_DRAWS selections vs the full loss; shortcut rejected.
+    """Mean of NAT losses over N_DRAWS selections vs the full loss; the shortcut rejected.
 
     Each mode is a z-test with the Monte Carlo standard error; Bonferroni over the 5 modes keeps
     the family-wise false-alarm level at LEVEL.  The same bound must reject the shortcut for
@@ -143,7 +144,7 @@ def test_monte_carlo_through_selector(design):
             for agg, cfg in cfgs.items():
                 nat[agg].append(float(nat_ppo_loss(cfg, out, td)[0]))
                 if design == "prefix":
-                    short[agg].append(float(ppo_loss(cfg, model_output(t2, lp, ent), t2)[0]))
+                    short[agg].append(float(ppo_loss(cfg, out, t2)[0]))  # same attention
     z_crit = norm.ppf(1 - LEVEL / (2 * len(AGG_MODES)))
     for agg in AGG_MODES:
         x = torch.tensor(nat[agg], dtype=torch.float64)
