@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 RANK, WORLD, PORT, OUT = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 os.environ.update(RANK=str(RANK), WORLD_SIZE=str(WORLD), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -201,7 +200,7 @@ def main():
 
     dist.init_process_group("gloo", rank=RANK, world_size=WORLD)
     tok = char_tokenizer()
-    model_dir = os.path.join(tempfile.gettempdir(), f"nat-verl-tiny-{PORT}")
+    model_dir = os.path.join(os.path.dirname(os.path.abspath(OUT)), "tiny-qwen2")
     if RANK == 0:
         tiny_qwen2(tok, hidden_size=16, num_layers=1, seed=0).save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
