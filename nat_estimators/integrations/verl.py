@@ -388,13 +388,13 @@ def route_into_rollout_is_weights(batch: Any, actor_config: Any = None) -> None:
     loss before aggregating, so with this helper verl's unchanged ``ppo_loss`` computes the HT
     estimate of the **policy term** — with no custom loss function.
 
-    Limits: the entropy bonus and the KL loss in verl's ``ppo_loss`` are *not* multiplied by
-    ``rollout_is_weights``, so they stay full-batch terms computed from *all* tokens — but at
-    unselected tokens the update's forward may be cropped away (log-probs 0), which makes them
-    wrong.  The helper therefore refuses a config with ``entropy_coeff != 0`` or
-    ``use_kl_loss``; use :func:`nat_ppo_loss` for those.  No prefix cropping either: the policy
-    term reads the current log-probs at every response token.  ``bypass_mode`` ignores
-    ``rollout_is_weights`` and is refused.
+    Limits: verl's ``ppo_loss`` adds the entropy bonus and the KL loss *unweighted*.  They then
+    need the current log-probabilities and entropies at every response token, so the update
+    cannot skip any token (no saving for them, and a cropped forward would feed them padding);
+    the helper refuses a config with ``entropy_coeff != 0`` or ``use_kl_loss`` so that it is
+    only used where it is both unbiased and crop-safe — :func:`nat_ppo_loss` weights every term.
+    Do not crop the update (:meth:`NATSelector.cropped`) with it either: verl's policy metrics
+    would average padding.  ``bypass_mode`` ignores ``rollout_is_weights`` and is refused.
 
     Parameters
     ----------
