@@ -173,6 +173,7 @@ def run(model_dir, tok, nat=None):
     trainer.nat_setup()  # what init_workers does after spawning the workers
     data = batch(tok)
     old, _ = trainer._compute_old_log_prob(data)
+    old.batch.pop("entropys")  # as RayPPOTrainer.fit does after logging it
     data = data.union(old)
     g = torch.Generator().manual_seed(5)
     data.batch["ref_log_prob"] = data.batch["old_log_probs"] + 0.05 * torch.randn(
@@ -210,6 +211,8 @@ def main():
     out["keep1"] = run(model_dir, tok, {"design": "prefix", "keep": 1.0, "seed": 3})
     out["keep_half"] = run(model_dir, tok, {"design": "prefix", "keep": 0.5, "seed": 3,
                                             "full_keep": 0.1})
+    out["entropy_sized"] = run(model_dir, tok, {"design": "poisson_proportional", "keep": 0.5,
+                                                "sizes": "entropy", "seed": 3})
     w, _ = worker(model_dir)
     out["init"] = params(w)
     if RANK == 0:

@@ -81,3 +81,10 @@ def test_cropped_forward_matches_full_forward_at_kept_tokens(result):
     full, cropped = result["keep_half"]["kept_lp"]
     assert full.numel() > 0
     torch.testing.assert_close(cropped, full, rtol=0, atol=1e-6)
+
+
+def test_entropy_sized_design_reads_the_kept_old_entropy(result):
+    """sizes='entropy': the mixin keeps the entropy verl drops, and the update runs with it."""
+    kept = result["entropy_sized"]["metrics"]["actor/nat/kept_fraction"]
+    assert all(0 < k < 1 for k in kept)
+    assert _max_diff(result["entropy_sized"]["params"], result["plain"]["params"]) > 1e-4

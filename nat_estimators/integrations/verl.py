@@ -109,6 +109,8 @@ REFUSED_LOSS_MODES: dict[str, str] = {
 #: Old-policy size measures of the proportional designs (``nat.sizes``).
 SIZE_SOURCES: tuple[str, ...] = ("advantage", "entropy", "surprisal")
 
+_OLD_ENTROPY = "nat_old_entropy"  # the old policy's entropy, kept by NATTrainerMixin
+
 _AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
               "seq-mean-token-sum-norm")
 
@@ -211,8 +213,8 @@ class NATSelector:
         every token (weights exactly 1: verl's loss unchanged).
     sizes : {"advantage", "entropy", "surprisal"}, optional
         Size measure of the proportional designs, from old-policy quantities already in the
-        batch: :math:`|A|` (``advantages``), the old policy's entropy (``entropys``, present when
-        verl computed the old log-probs with entropy) or :math:`-\log\pi_{old}`
+        batch: :math:`|A|` (``advantages``), the old policy's entropy (``entropys``, or
+        ``nat_old_entropy`` where :class:`NATTrainerMixin` keeps it) or :math:`-\log\pi_{old}`
         (``old_log_probs``).  Floored at :math:`10^{-3}` times their mean so every token keeps
         :math:`\pi > 0`.
     seed : int, default 0
@@ -303,13 +305,16 @@ class NATSelector:
     def _size_measure(self, td: Any, mask: torch.Tensor) -> torch.Tensor | None:
         if self.sizes is None:
             return None
-        key = {"advantage": "advantages", "entropy": "entropys",
-               "surprisal": "old_log_probs"}[self.sizes]
-        if key not in td.keys():
+        keys = {"advantage": ("advantages",), "entropy": ("entropys", _OLD_ENTROPY),
+                "surprisal": ("old_log_probs",)}[self.sizes]
+        key = next((k for k in keys if k in td.keys()), None)
+        if key is None:
             raise ValueError(
-                f"sizes={self.sizes!r} reads {key!r} from the batch, which has none"
-                + (" (verl keeps the old policy's entropy only when it computes it: set "
-                   "actor.calculate_entropy=True)" if key == "entropys" else "")
+                f"sizes={self.sizes!r} reads {' or '.join(map(repr, keys))} from the batch, "
+                "which has none"
+                + (" (RayPPOTrainer drops the old policy's entropy after logging it; "
+                   "NATTrainerMixin keeps it as 'nat_old_entropy')" if self.sizes == "entropy"
+                   else "")
             )
         x = td[key]
         x = x.abs() if self.sizes == "advantage" else (-x if self.sizes == "surprisal" else x)
@@ -583,6 +588,9 @@ class NATTrainerMixin:
     >>> from nat_estimators.integrations.verl import NATTrainerMixin
     >>> [m for m in ("init_workers", "nat_setup", "_update_actor") if m in vars(NATTrainerMixin)]
     ['init_workers', 'nat_setup', '_update_actor']
+
+    For ``sizes="entropy"`` it also keeps the old policy's entropy, which ``RayPPOTrainer``
+    drops from the batch after logging it (``_compute_old_log_prob``).
     """
 
     config: Any
@@ -616,8 +624,22 @@ class NATTrainerMixin:
         self.nat_selector = NATSelector(**options)
         self.actor_rollout_wg.set_loss_fn(partial(nat_ppo_loss, config=actor_config))
 
+    def _compute_old_log_prob(self, batch: Any) -> Any:
+        out = super()._compute_old_log_prob(batch)  # type: ignore[misc]
+        sel = self.nat_selector
+        if sel is not None and sel.sizes == "entropy":
+            # RayPPOTrainer pops the old policy's entropy after logging it; the
+            # entropy-proportional designs need it as their size measure
+            old = out[0] if isinstance(out, tuple) else out
+            self._nat_old_entropy = old.batch["entropys"].clone()
+        return out
+
     def _update_actor(self, batch: Any) -> Any:
         sel = self.nat_selector
+        ent = getattr(self, "_nat_old_entropy", None)
+        if sel is not None and ent is not None:
+            batch.batch[_OLD_ENTROPY] = ent
+            self._nat_old_entropy = None
         if sel is None:
             return super()._update_actor(batch)  # type: ignore[misc]
         sel.select(batch)
