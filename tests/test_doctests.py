@@ -17,6 +17,7 @@ MODULES = [
     "nat_estimators._deprecation",
     "nat_estimators._design",
     "nat_estimators._validation",
+    "nat_estimators.allocation",
     "nat_estimators.inclusion",
     "nat_estimators.poisson",
     "nat_estimators.prefix",
