@@ -298,7 +298,7 @@ def prefix_profile(y: Array, /, *, mask: Array | None = None) -> Array:
     >>> import numpy as np
     >>> from nat_estimators.allocation import prefix_profile
     >>> prefix_profile(np.array([1.0, -1.0, 2.0]))
-    array([-3.,  0.,  4.])
+    array([ 3., -3.,  4.])
     """
     xp = namespace(y, mask)
     y = check_float_array(xp, y, "y")
