@@ -38,7 +38,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from nat_estimators.demo import hf_tiny  # noqa: E402
 from nat_estimators.integrations import trl as nat_trl  # noqa: E402
 from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer  # noqa: E402
-from nat_estimators.rl import DESIGNS, Selection  # noqa: E402
+from nat_estimators.rl import DESIGNS, Selection, needs_sizes  # noqa: E402
 
 # transformers 5 deprecates the gradient_checkpointing names that TRL 1.16 still uses
 pytestmark = [
@@ -275,7 +275,7 @@ def test_expected_gradient_equals_grpo_trainer(unbiased_pair, design):
     """E over the design's samples of the NAT gradient = GRPOTrainer's gradient, exactly."""
     base, natt = unbiased_pair
     natt.args.nat_design = design
-    natt.args.nat_sizes = "entropy" if design.endswith("_proportional") else None
+    natt.args.nat_sizes = "entropy" if needs_sizes(design) else None
     natt.args.nat_full_keep = 0.2
     batch = make_batch(base, B=2, P=2, lengths=[3, 3], seed=7)
     for t in (base, natt):
@@ -420,7 +420,9 @@ def test_two_gloo_processes_equal_one(model_dir, tok, tmp_path):
 # ----------------------------------------------------------------------------- real trainings
 @pytest.mark.parametrize("design", DESIGNS)
 def test_short_training_runs(model_dir, tok, tmp_path, design):
-    sizes = {"poisson_proportional": "entropy", "systematic_proportional": "surprisal"}
+    sizes = {"poisson_proportional": "entropy", "systematic_proportional": "surprisal",
+             "prefix_optimal": "advantage", "poisson_optimal": "entropy",
+             "systematic_optimal": "surprisal"}
     natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, max_steps=2,
                         nat_design=design, nat_sizes=sizes.get(design), nat_keep=0.5,
                         learning_rate=1e-2, gradient_accumulation_steps=2,

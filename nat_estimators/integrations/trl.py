@@ -53,7 +53,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "pip install 'nat-estimators[trl]' (tested with trl>=1.16,<1.17)"
     ) from _e
 
-from ..rl import DESIGNS, Selection, select_tokens
+from ..rl import DESIGNS, Selection, needs_sizes, select_tokens
 from ..rl.selection import _design_names
 
 __all__ = ["TESTED_TRL", "NATGRPOConfig", "NATGRPOTrainer"]
@@ -138,7 +138,9 @@ class NATGRPOConfig(GRPOConfig):
         :data:`nat_estimators.rl.DESIGNS`): ``"prefix"`` (random prefix cut — the forward pass
         stops at the cut), ``"poisson"``, ``"simple_random"``, ``"systematic"`` (the LM head runs
         only at selected positions) and the size-proportional ``"poisson_proportional"``,
-        ``"systematic_proportional"`` (:math:`\pi \propto` the ``nat_sizes`` measure).
+        ``"systematic_proportional"`` (:math:`\pi \propto` the ``nat_sizes`` measure), and the
+        variance-optimal ``"prefix_optimal"``, ``"poisson_optimal"``, ``"systematic_optimal"``
+        (``nat_sizes`` read as a per-token second-moment proxy).
     nat_keep : float, default 0.5
         Expected kept fraction :math:`\kappa \in (0, 1]` of each completion's loss tokens.
         ``1`` reproduces ``GRPOTrainer`` exactly.
@@ -217,7 +219,7 @@ class NATGRPOConfig(GRPOConfig):
             if not ok:
                 rng = "(0, 1]" if low_open else "[0, 1)"
                 raise ValueError(f"{name} must lie in {rng}, got {v}")
-        proportional = self.nat_design.endswith("_proportional")
+        proportional = needs_sizes(self.nat_design)
         if proportional and self.nat_sizes is None:
             raise ValueError(
                 f"nat_design={self.nat_design!r} draws tokens proportionally to a size measure: "

@@ -47,7 +47,7 @@ from .grpo import (
 )
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
-from .selection import DESIGNS, Selection, select_tokens
+from .selection import DESIGNS, Selection, needs_sizes, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "ht_weights",
     "loss_coefficients",
     "loss_normalizers",
+    "needs_sizes",
     "openrlhf_mode",
     "pack_rows",
     "plan_batch",

@@ -33,6 +33,7 @@ from nat_estimators.rl import (
     agg_loss,
     grpo_micro_batches,
     ht_weights,
+    needs_sizes,
     plan_batch,
     select_tokens,
 )
@@ -140,7 +141,7 @@ class Case:
 
     def selection(self, design: str, generator: torch.Generator, **kw: Any) -> Selection:
         """``select_tokens`` on this batch with the suite's budget and weight dtype."""
-        sizes = self.batch.sizes if design.endswith("_proportional") else None
+        sizes = self.batch.sizes if needs_sizes(design) else None
         return select_tokens(self.response_mask, design, kw.pop("keep", KEEP), sizes=sizes,
                              generator=generator, full_keep=kw.pop("full_keep", FULL_KEEP),
                              weight_dtype=DTYPE, **kw)
