@@ -193,6 +193,54 @@ def _optimal_pi(
     return pi
 
 
+def _build_design(
+    m: torch.Tensor,
+    design: str,
+    keep: float,
+    *,
+    sizes: torch.Tensor | None = None,
+    full_keep: float = 0.05,
+    min_keep: float = 0.0,
+) -> Design:
+    """The design :func:`select_tokens` draws from for a design name (validated, not drawn)."""
+    names = _design_names()
+    if design not in names:
+        raise ValueError(f"design must be one of {names} or a Design, got {design!r}")
+    kappa = check_fraction(keep, "keep")
+    proportional = design.endswith(_PROPORTIONAL)
+    optimal = design.endswith(_OPTIMAL)
+    if proportional or optimal:
+        if sizes is None:
+            raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
+        if not isinstance(sizes, torch.Tensor) or not sizes.is_floating_point():
+            raise ValueError("sizes must be a floating-point tensor")
+        check_same_shape(sizes, m, "sizes", "response_mask")
+        sizes = sizes.detach()
+        if bool((m & ~(torch.isfinite(sizes) & (sizes > 0))).any()):
+            raise ValueError(
+                "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
+                "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
+                "sizes.clamp_min(1e-3 * sizes.max())"
+            )
+    elif sizes is not None:
+        raise ValueError(
+            f"sizes is only used by the proportional and optimal designs, not {design!r}"
+        )
+    cls = Design.registered()[design.removesuffix(_PROPORTIONAL).removesuffix(_OPTIMAL)]
+    if proportional:
+        assert sizes is not None
+        d = cls(_proportional_pi(sizes, m, kappa), mask=m)  # type: ignore[call-arg]
+    elif optimal:
+        assert sizes is not None
+        d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep), mask=m)  # type: ignore[call-arg]
+    else:
+        accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
+        options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
+                   if k in accepted}
+        d = cls.from_fraction(kappa, mask=m, **options)  # type: ignore[attr-defined]
+    return d
+
+
 def select_tokens(
     response_mask: torch.Tensor,
     design: str | Design = "prefix",
@@ -289,41 +337,7 @@ def select_tokens(
         if sizes is not None:
             raise ValueError("sizes is only used when the design is given by name")
     else:
-        names = _design_names()
-        if design not in names:
-            raise ValueError(f"design must be one of {names} or a Design, got {design!r}")
-        kappa = check_fraction(keep, "keep")
-        proportional = design.endswith(_PROPORTIONAL)
-        optimal = design.endswith(_OPTIMAL)
-        if proportional or optimal:
-            if sizes is None:
-                raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
-            if not isinstance(sizes, torch.Tensor) or not sizes.is_floating_point():
-                raise ValueError("sizes must be a floating-point tensor")
-            check_same_shape(sizes, m, "sizes", "response_mask")
-            sizes = sizes.detach()
-            if bool((m & ~(torch.isfinite(sizes) & (sizes > 0))).any()):
-                raise ValueError(
-                    "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
-                    "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
-                    "sizes.clamp_min(1e-3 * sizes.max())"
-                )
-        elif sizes is not None:
-            raise ValueError(
-                f"sizes is only used by the proportional and optimal designs, not {design!r}"
-            )
-        cls = Design.registered()[design.removesuffix(_PROPORTIONAL).removesuffix(_OPTIMAL)]
-        if proportional:
-            assert sizes is not None
-            d = cls(_proportional_pi(sizes, m, kappa), mask=m)  # type: ignore[call-arg]
-        elif optimal:
-            assert sizes is not None
-            d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep), mask=m)  # type: ignore[call-arg]
-        else:
-            accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
-            options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
-                       if k in accepted}
-            d = cls.from_fraction(kappa, mask=m, **options)  # type: ignore[attr-defined]
+        d = _build_design(m, design, keep, sizes=sizes, full_keep=full_keep, min_keep=min_keep)
     if generator is None:
         u = torch.rand(d.uniform_shape, dtype=torch.float64, device=dev)
         sample = d.sample(u)
