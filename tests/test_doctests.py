@@ -33,6 +33,7 @@ MODULES = [
     "nat_estimators.demo.models",
     "nat_estimators.rl",
     "nat_estimators.rl.batching",
+    "nat_estimators.rl.controller",
     "nat_estimators.rl.grpo",
     "nat_estimators.rl.heads",
     "nat_estimators.rl.loss",

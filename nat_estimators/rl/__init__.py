@@ -33,6 +33,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 
 from ..estimators import ht_weights
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
+from .controller import KappaController, default_second_moment
 from .grpo import (
     BackboneHeadModel,
     GRPOBatch,
@@ -57,6 +58,7 @@ __all__ = [
     "GRPOBatch",
     "GRPOConfig",
     "GRPOStepResult",
+    "KappaController",
     "LossNormalizers",
     "MicroBatch",
     "MicroBatchTerms",
@@ -64,6 +66,7 @@ __all__ = [
     "Selection",
     "agg_loss",
     "crop_mask",
+    "default_second_moment",
     "grpo_backward",
     "grpo_micro_batches",
     "grpo_per_token_loss",
