@@ -65,6 +65,10 @@ class KappaController:
         ``benchmarks/allocation.py``.
     full_keep, min_keep : float
         Passed to the design (prefix floor and minimum prefix).
+    calibration : float, default 1.0
+        :math:`c > 0` multiplying the model's ratio: the realised over the predicted ratio on a
+        pilot batch whose per-token gradients were computed (``benchmarks/allocation.py``
+        fits it); 1 trusts the model.
 
     Attributes
     ----------
@@ -89,10 +93,12 @@ class KappaController:
     coherence: float = 0.0
     full_keep: float = 0.05
     min_keep: float = 0.0
+    calibration: float = 1.0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("epsilon", "kappa_min", "kappa_max", "coherence", "full_keep"):
+        for name in ("epsilon", "kappa_min", "kappa_max", "coherence", "full_keep",
+                     "calibration"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
@@ -103,6 +109,8 @@ class KappaController:
                 f"kappa bounds must satisfy 0 < kappa_min <= kappa_max <= 1, got "
                 f"kappa_min={self.kappa_min}, kappa_max={self.kappa_max}"
             )
+        if not self.calibration > 0:
+            raise ValueError(f"calibration must be > 0, got {self.calibration}")
         if not 0 <= self.coherence <= 1:
             raise ValueError(f"coherence must lie in [0, 1], got {self.coherence}")
         # the design name, and the prefix floor at kappa_min (keep >= full_keep), checked once
@@ -133,11 +141,13 @@ class KappaController:
 
     def predicted_ratio(self, response_mask: torch.Tensor, second_moment: torch.Tensor,
                         kappa: float, *, sizes: torch.Tensor | None = None) -> float:
-        r""":math:`\hat V_{\text{NAT}}(\kappa) / \hat V_{\text{roll}}`."""
+        r""":math:`c\, \hat V_{\text{NAT}}(\kappa) / \hat V_{\text{roll}}` (``c`` the
+        calibration)."""
         vr = self.rollout_variance(response_mask, second_moment)
         if vr <= 0:
             return 0.0
-        return self.nat_variance(response_mask, second_moment, kappa, sizes=sizes) / vr
+        v = self.nat_variance(response_mask, second_moment, kappa, sizes=sizes)
+        return self.calibration * v / vr
 
     # ------------------------------------------------------------------ control
     def kappa(self, response_mask: torch.Tensor, second_moment: torch.Tensor, *,
