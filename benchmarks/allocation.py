@@ -13,6 +13,8 @@ within each pair):
   ``Prefix.from_fraction`` (the paper's RPC), both with full-keep floor 0.05;
 * ``optimal_poisson_variance_ratio_vs_urs@0.5`` — :meth:`Poisson.optimal` on the same proxy over
   uniform Poisson (the paper's URS);
+* ``optimal_*_shared_*``: the same with one budget for the whole batch (``shared=True``: rows
+  with larger proxies get more of the :math:`\kappa \sum_i N_i` expected tokens);
 * the same with the oracle profile (the real :math:`d_t` / :math:`\|g_t\|^2`: the bound a perfect
   proxy would reach), and every proxy's rank correlation with :math:`\|g_{it}\|`;
 * ``controller_variance_ratio_error`` — :class:`~nat_estimators.rl.KappaController` (RPC design,
@@ -188,8 +190,16 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
                                                                      full_keep=FULL_KEEP)
                 designs[f"optimal_poisson[{k}]"] = nat.Poisson.optimal(m, KEEP, mask=rm)
                 designs[f"optimal_systematic[{k}]"] = nat.Systematic.optimal(m, KEEP, mask=rm)
+                designs[f"optimal_prefix_shared[{k}]"] = nat.Prefix.optimal(
+                    m, KEEP, mask=rm, full_keep=FULL_KEEP, shared=True)
+                designs[f"optimal_poisson_shared[{k}]"] = nat.Poisson.optimal(
+                    m, KEEP, mask=rm, shared=True)
             for name, d in designs.items():
-                torch.testing.assert_close(d.expected_size(), KEEP * rm.sum(-1).to(H.DTYPE))
+                size = d.expected_size()
+                want = KEEP * rm.sum(-1).to(H.DTYPE)
+                if "shared" in name:  # one budget for the batch
+                    size, want = size.sum(), want.sum()
+                torch.testing.assert_close(size, want)
                 sums[f"{policy}/{name}"] = sums.get(f"{policy}/{name}", 0.0) + float(
                     _var(Z, d).sum())
             # ------------------------------------------------------ controller
@@ -210,6 +220,10 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
         both(f"optimal_prefix[{PROXY}]") / both("rpc"))
     ratios[f"optimal_poisson_variance_ratio_vs_urs@{KEEP:g}"] = (
         both(f"optimal_poisson[{PROXY}]") / both("urs"))
+    ratios[f"optimal_prefix_shared_variance_ratio_vs_rpc@{KEEP:g}"] = (
+        both(f"optimal_prefix_shared[{PROXY}]") / both("rpc"))
+    ratios[f"optimal_poisson_shared_variance_ratio_vs_urs@{KEEP:g}"] = (
+        both(f"optimal_poisson_shared[{PROXY}]") / both("urs"))
     ratios[f"optimal_prefix_oracle_variance_ratio_vs_rpc@{KEEP:g}"] = (
         both("optimal_prefix_oracle") / both("rpc"))
     ratios[f"optimal_poisson_oracle_variance_ratio_vs_urs@{KEEP:g}"] = (

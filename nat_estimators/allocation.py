@@ -320,7 +320,12 @@ def prefix_profile(y: Array, /, *, mask: Array | None = None) -> Array:
 
 
 def optimal_survival(
-    profile: Array, keep: float, *, mask: Array | None = None, full_keep: float = 0.05
+    profile: Array,
+    keep: float,
+    *,
+    mask: Array | None = None,
+    full_keep: float = 0.05,
+    shared: bool = False,
 ) -> Allocation:
     r"""The variance-optimal prefix survival :math:`S` at expected keep fraction ``keep``.
 
@@ -340,11 +345,16 @@ def optimal_survival(
         Eligible positions (default all); the cut counts eligible tokens.
     full_keep : float, default 0.05
         The floor :math:`a` of :math:`S` (full-keep probability, largest weight :math:`1/a`).
+    shared : bool, default False
+        One budget for the whole batch, :math:`\sum_{i,t} S_{it} = \kappa \sum_i N_i` (rows
+        with larger profiles get more tokens; one :math:`\lambda`), instead of one per row.
 
     Returns
     -------
     Allocation
-        ``pi`` is the optimal survival (0 at ineligible positions) with its certificate.
+        ``pi`` is the optimal survival (0 at ineligible positions) with its certificate; with
+        ``shared`` the per-row fields (``multiplier``, ``variance``, ...) have shape ``(1,)``:
+        the whole batch.
 
     Raises
     ------
@@ -383,8 +393,17 @@ def optimal_survival(
         )
     pooled = _pool_nonincreasing(xp, dc, count)
     pooled = xp.where(mc, xp.clip(pooled, 0.0, None), xp.zeros_like(pooled))
-    sc, lam = _box_allocation(xp, xp.sqrt(pooled), n, a, mc)
-    cert = _certificate(xp, sc, dc, pooled, lam, n, a, mc)
+    if shared:
+        # pooling stays per row (the order constraints are per row); one budget, one lambda
+        shape = tuple(pooled.shape)
+        f = _flatten(xp, pooled, dc, mc, n)
+        sc, lam = _box_allocation(xp, xp.sqrt(f[0]), f[3], a, f[2])
+        cert = _certificate(xp, sc, f[1], f[0], lam, f[3], a, f[2])
+        sc = xp.reshape(sc, shape)
+        cert = _reshaped(xp, cert, shape)
+    else:
+        sc, lam = _box_allocation(xp, xp.sqrt(pooled), n, a, mc)
+        cert = _certificate(xp, sc, dc, pooled, lam, n, a, mc)
     rank = eligible_rank(xp, mask)
     back = xp.clip(rank - 1, 0, None)
 
@@ -397,6 +416,27 @@ def optimal_survival(
         budget_residual=cert.budget_residual, floor_multipliers=scatter(cert.floor_multipliers),
         cap_multipliers=scatter(cert.cap_multipliers),
         order_multipliers=scatter(cert.order_multipliers), stationarity=cert.stationarity,
+    )
+
+
+def _flatten(xp: Any, *arrays_and_budget: Array) -> list[Array]:
+    """Every ``(..., N)`` array as one row ``(1, R * N)``; the last argument (the per-row budgets)
+    summed into a ``(1,)`` total."""
+    *arrs, n = arrays_and_budget
+    out = [xp.reshape(x, (1, -1)) for x in arrs]
+    return [*out, xp.reshape(xp.sum(n), (1,))]
+
+
+def _reshaped(xp: Any, c: Allocation, shape: tuple[int, ...]) -> Allocation:
+    """A batch-level certificate with its per-token fields back in ``shape``."""
+    def r(x: Array) -> Array:
+        return xp.reshape(x, shape)
+
+    return Allocation(
+        pi=r(c.pi), multiplier=c.multiplier, pooled=r(c.pooled), variance=c.variance,
+        lower_bound=c.lower_bound, gap=c.gap, budget_residual=c.budget_residual,
+        floor_multipliers=r(c.floor_multipliers), cap_multipliers=r(c.cap_multipliers),
+        order_multipliers=r(c.order_multipliers), stationarity=c.stationarity,
     )
 
 
@@ -416,7 +456,12 @@ def _pool_nonincreasing(xp: Any, dc: Array, count: Array) -> Array:
 
 
 def optimal_inclusion(
-    second_moment: Array, keep: Any, *, mask: Array | None = None, floor: float = 0.0
+    second_moment: Array,
+    keep: Any,
+    *,
+    mask: Array | None = None,
+    floor: float = 0.0,
+    shared: bool = False,
 ) -> Allocation:
     r"""Neyman / PPS-optimal :math:`\pi` at expected keep fraction ``keep``.
 
@@ -436,6 +481,9 @@ def optimal_inclusion(
         Eligible positions (default all).
     floor : float, default 0.0
         :math:`\pi_{\min} \in [0, 1]`; with 0 every eligible token needs :math:`m_t > 0`.
+    shared : bool, default False
+        One budget for the whole batch (:math:`\sum_{i,t} \pi_{it} = \kappa \sum_i N_i`)
+        instead of one per row; the certificate's per-row fields then have shape ``(1,)``.
 
     Returns
     -------
@@ -455,6 +503,9 @@ def optimal_inclusion(
         raise ValueError("second_moment contains negative entries; second moments must be >= 0")
     lo = check_fraction(floor, "floor", low_open=False)
     n = _budget(xp, keep, mask, m.dtype, lo, "floor")
+    shape = tuple(m.shape)
+    if shared:
+        m, mask, n = _flatten(xp, m, mask, n)
     q = xp.sqrt(m)
     if lo == 0:
         if bool(xp.any(mask & (m == 0))):
@@ -470,4 +521,5 @@ def optimal_inclusion(
         lam = xp.where(mu > 0, 1 / xp.where(mu > 0, mu * mu, xp.ones_like(mu)), xp.zeros_like(mu))
     else:
         pi, lam = _box_allocation(xp, q, n, lo, mask)
-    return _certificate(xp, pi, m, m, lam, n, lo, mask)
+    cert = _certificate(xp, pi, m, m, lam, n, lo, mask)
+    return _reshaped(xp, cert, shape) if shared else cert

@@ -108,7 +108,13 @@ class Poisson(_PiDesign, name="poisson"):
 
     @classmethod
     def optimal(
-        cls, second_moment: Array, keep: Any, *, mask: Array | None = None, floor: float = 0.0
+        cls,
+        second_moment: Array,
+        keep: Any,
+        *,
+        mask: Array | None = None,
+        floor: float = 0.0,
+        shared: bool = False,
     ) -> Poisson:
         r"""Neyman / PPS-optimal :math:`\pi \propto \sqrt{m_t}` capped at 1, at keep fraction
         ``keep``.
@@ -131,6 +137,9 @@ class Poisson(_PiDesign, name="poisson"):
         floor : float, default 0.0
             Smallest :math:`\pi` (bounds the weights by ``1/floor``); with 0 every eligible
             :math:`m_t` must be positive.
+        shared : bool, default False
+            One budget for the whole batch (:math:`\kappa \sum_i N_i` expected tokens) instead
+            of :math:`\kappa N_i` per row.
 
         Examples
         --------
@@ -140,7 +149,8 @@ class Poisson(_PiDesign, name="poisson"):
         >>> d.inclusion_probabilities()
         array([0.25, 0.25, 0.5 , 1.  ])
         """
-        return cls(optimal_inclusion(second_moment, keep, mask=mask, floor=floor).pi, mask=mask)
+        a = optimal_inclusion(second_moment, keep, mask=mask, floor=floor, shared=shared)
+        return cls(a.pi, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Poisson:

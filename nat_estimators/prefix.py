@@ -255,7 +255,13 @@ class Prefix(_PiDesign, name="prefix"):
 
     @classmethod
     def optimal(
-        cls, profile: Array, keep: float, *, mask: Array | None = None, full_keep: float = 0.05
+        cls,
+        profile: Array,
+        keep: float,
+        *,
+        mask: Array | None = None,
+        full_keep: float = 0.05,
+        shared: bool = False,
     ) -> Prefix:
         r"""The variance-optimal cut law at expected keep fraction ``keep`` for a profile.
 
@@ -277,6 +283,9 @@ class Prefix(_PiDesign, name="prefix"):
             Eligible positions.
         full_keep : float, default 0.05
             The floor :math:`a` of :math:`\pi` (full-keep probability).
+        shared : bool, default False
+            One budget for the whole batch (:math:`\kappa \sum_i N_i` expected tokens) instead
+            of :math:`\kappa N_i` per row.
 
         Examples
         --------
@@ -286,7 +295,8 @@ class Prefix(_PiDesign, name="prefix"):
         >>> np.round(d.inclusion_probabilities(), 4)
         array([0.8889, 0.4444, 0.4444, 0.2222])
         """
-        return cls(optimal_survival(profile, keep, mask=mask, full_keep=full_keep).pi, mask=mask)
+        a = optimal_survival(profile, keep, mask=mask, full_keep=full_keep, shared=shared)
+        return cls(a.pi, mask=mask)
 
     @classmethod
     def from_budget(cls, keep: float, *, mask: Array, **options: Any) -> Prefix:

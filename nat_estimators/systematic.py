@@ -104,7 +104,13 @@ class Systematic(_PiDesign, name="systematic"):
 
     @classmethod
     def optimal(
-        cls, second_moment: Array, keep: Any, *, mask: Array | None = None, floor: float = 0.0
+        cls,
+        second_moment: Array,
+        keep: Any,
+        *,
+        mask: Array | None = None,
+        floor: float = 0.0,
+        shared: bool = False,
     ) -> Systematic:
         r"""Neyman / PPS-optimal :math:`\pi \propto \sqrt{m_t}` capped at 1, at keep fraction
         ``keep``.
@@ -127,6 +133,9 @@ class Systematic(_PiDesign, name="systematic"):
         floor : float, default 0.0
             Smallest :math:`\pi` (bounds the weights by ``1/floor``); with 0 every eligible
             :math:`m_t` must be positive.
+        shared : bool, default False
+            One budget for the whole batch (:math:`\kappa \sum_i N_i` expected tokens) instead
+            of :math:`\kappa N_i` per row.
 
         Examples
         --------
@@ -136,7 +145,8 @@ class Systematic(_PiDesign, name="systematic"):
         >>> d.inclusion_probabilities()
         array([0.25, 0.25, 0.5 , 1.  ])
         """
-        return cls(optimal_inclusion(second_moment, keep, mask=mask, floor=floor).pi, mask=mask)
+        a = optimal_inclusion(second_moment, keep, mask=mask, floor=floor, shared=shared)
+        return cls(a.pi, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Systematic:

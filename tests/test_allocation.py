@@ -213,3 +213,27 @@ def test_constructors(backend: Any) -> None:
 def test_bad_input(call: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_shared_budget(backend: Any) -> None:
+    """One budget for the batch: meets the total, certificate holds, never worse than per-row
+    budgets (which are feasible for it), and Poisson's equals the flattened batch."""
+    rng = np.random.default_rng(5)
+    mask = rng.random((4, 9)) < 0.8
+    mask[:, 0] = True
+    y = rng.normal(size=(4, 9, 2)) * rng.uniform(0.1, 4, size=(4, 1, 1))
+    d = prefix_profile(np.where(mask[..., None], y, 0.0), mask=mask)
+    bd, bm = backend.asarray(d), backend.asarray(mask)
+    row = optimal_survival(bd, 0.4, mask=bm, full_keep=0.05)
+    sh = optimal_survival(bd, 0.4, mask=bm, full_keep=0.05, shared=True)
+    sh.check()
+    pi = backend.to_numpy(sh.pi)
+    assert abs(pi.sum() - 0.4 * mask.sum()) < 1e-9
+    assert float(backend.to_numpy(sh.variance)[0]) <= backend.to_numpy(row.variance).sum() + 1e-9
+    des = nat.Prefix.optimal(bd, 0.4, mask=bm, full_keep=0.05, shared=True)
+    np.testing.assert_allclose(backend.to_numpy(des.inclusion_probabilities()), pi)
+    m = np.where(mask, rng.exponential(size=mask.shape) ** 2 + 1e-3, 0.0)
+    p = optimal_inclusion(backend.asarray(m), 0.4, mask=bm, shared=True)
+    p.check()
+    flat = optimal_inclusion(m[mask][None, :], 0.4)
+    np.testing.assert_allclose(backend.to_numpy(p.pi)[mask], flat.pi[0], rtol=1e-12)
