@@ -438,6 +438,21 @@ def test_short_training_runs(model_dir, tok, tmp_path, design):
                                                       strict=True))
 
 
+def test_variance_ratio_controller_sets_the_keep_fraction(model_dir, tok, tmp_path):
+    """nat_variance_ratio: each batch's keep fraction comes from KappaController (at most
+    nat_keep), computed from the batch's advantages and sizes only, before the draw."""
+    natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, max_steps=2,
+                        nat_design="prefix", nat_keep=0.9, nat_variance_ratio=2.0,
+                        learning_rate=1e-2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2, steps_per_generation=2)
+    natt.train()
+    hist = natt._nat_kappa.history
+    assert hist and all(0.05 <= h["kappa"] <= 0.9 for h in hist)
+    assert all(h["bound"] != "" or abs(h["ratio"] / 2.0 - 1) < 1e-6 for h in hist)
+    logs = [h for h in natt.state.log_history if "nat/kept_fraction" in h]
+    assert len(logs) == 2
+
+
 def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     base = make_trainer(GRPOTrainer, model_dir, tok, tmp_path)
     natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, nat_keep=0.25)
@@ -467,6 +482,8 @@ def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     (dict(nat_design="prefix", nat_sizes="entropy"), "nat_sizes"),
     (dict(nat_design="systematic_proportional", nat_sizes="logits"), "nat_sizes"),
     (dict(nat_seed=1.5), "nat_seed"),
+    (dict(nat_variance_ratio=0.0), "epsilon must be > 0"),
+    (dict(nat_variance_ratio=-1.0), "epsilon must be > 0"),
     (dict(importance_sampling_level="sequence"), "importance_sampling_level"),
     (dict(loss_type="vespo"), "vespo"),
 ])
