@@ -51,7 +51,7 @@ from nat_estimators.validation.world import MC_GROUP, MC_TARGETS, POLICIES  # no
 KEEP = 0.5
 FULL_KEEP = 0.05
 EPSILON = 0.5
-PROXY = "|A|(1-p)"  # the a-priori proxy of the headline figures
+PROXY = "absA*(1-p)"  # the a-priori proxy of the headline figures
 CALIBRATION_SEED = 100
 EVAL_SEEDS_FULL = (101, 102, 103, 104, 105)
 EVAL_SEEDS_QUICK = (101, 102)
@@ -97,8 +97,8 @@ def proxies(case: H.Case) -> dict[str, torch.Tensor]:
     ent = b.sizes - b.sizes[rm].mean() / 11
     one_minus_p = 1 - b.old_log_probs.exp()
     out = {
-        "|A|": a, "H": ent, "1-p": one_minus_p, "|A|H": a * ent, "|A|(1-p)": a * one_minus_p,
-        "|A|sqrt(H)": a * ent.clamp_min(0).sqrt(),
+        "absA": a, "H": ent, "1-p": one_minus_p, "absA*H": a * ent,
+        "absA*(1-p)": a * one_minus_p, "absA*sqrt(H)": a * ent.clamp_min(0).sqrt(),
     }
     return {k: torch.where(rm, v, torch.zeros_like(v)) for k, v in out.items()}
 
@@ -206,11 +206,17 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
             m = _second_moment(prox[PROXY], rm)
             kappa = ctrl.kappa(rm, m)
             d = nat.Prefix.from_fraction(kappa, mask=rm, full_keep=FULL_KEEP)
-            realised = float(_var(Z, d).sum()) / _rollout_variance(G)
+            real_nat, real_roll = float(_var(Z, d).sum()), _rollout_variance(G)
+            realised = real_nat / real_roll
+            # what sets the error: each half of the ratio against its model (pilot's scale s)
+            pred_nat = calib * s * ctrl.nat_variance(rm, m, kappa)
+            pred_roll = s * ctrl.rollout_variance(rm, m)
             ctrl_rows.append({"policy": policy, "seed": seed, "kappa": kappa,
                               "predicted_ratio": ctrl.history[-1]["ratio"],
                               "realised_ratio": realised,
                               "relative_error": realised / EPSILON - 1,
+                              "nat_variance_model_error": pred_nat / real_nat - 1,
+                              "rollout_variance_model_error": pred_roll / real_roll - 1,
                               "kept_token_fraction": kappa})
     # ---------------------------------------------------------------- figures
     def both(name: str) -> float:
