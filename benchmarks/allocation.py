@@ -53,6 +53,8 @@ FULL_KEEP = 0.05
 EPSILON = 0.5
 PROXY = "absA*(1-p)"  # the a-priori proxy of the headline figures
 CALIBRATION_SEED = 100
+#: Designs the controller runs with: the paper's RPC (headline) and the optimal cut law.
+CONTROLLER_DESIGNS = ("prefix", "prefix_optimal")
 EVAL_SEEDS_FULL = (101, 102, 103, 104, 105)
 EVAL_SEEDS_QUICK = (101, 102)
 #: Goals: >= 2x less variance than the paper's designs at equal compute; controller within 20%.
@@ -155,16 +157,18 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
                         "rho": rho, "scale": s, "v_roll": v_roll,
                         "note": "fitted on the calibration batch (seed "
                                 f"{CALIBRATION_SEED}), used on the evaluation batches"})
-        ctrl = KappaController(epsilon=EPSILON, design="prefix", coherence=rho,
-                               full_keep=FULL_KEEP, kappa_min=FULL_KEEP)
-        # calibration: realised over predicted ratio on the calibration batch at its kappa
-        k_c = ctrl.kappa(rm, m_c)
-        real_c = float(_var(Z, nat.Prefix.from_fraction(k_c, mask=rm, full_keep=FULL_KEEP)
-                            ).sum()) / v_roll
-        calib = real_c / ctrl.history[-1]["ratio"]
-        ctrl = KappaController(epsilon=EPSILON, design="prefix", coherence=rho,
-                               full_keep=FULL_KEEP, kappa_min=FULL_KEEP, calibration=calib)
-        records[-1]["calibration"] = calib
+        ctrls = {}
+        for cd in CONTROLLER_DESIGNS:
+            ctrl = KappaController(epsilon=EPSILON, design=cd, coherence=rho,
+                                   full_keep=FULL_KEEP, kappa_min=FULL_KEEP)
+            # calibration: realised over predicted ratio on the calibration batch at its kappa
+            k_c = ctrl.kappa(rm, m_c)
+            real_c = float(_var(Z, _controlled(cd, k_c, rm, m_c)).sum()) / v_roll
+            calib = real_c / ctrl.history[-1]["ratio"]
+            ctrls[cd] = (KappaController(epsilon=EPSILON, design=cd, coherence=rho,
+                                         full_keep=FULL_KEEP, kappa_min=FULL_KEEP,
+                                         calibration=calib), calib)
+            records[-1][f"calibration[{cd}]"] = calib
         # ---------------------------------------------------------- evaluation batches
         for seed in seeds:
             case, Z, G = batches[seed]
@@ -204,20 +208,20 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
                     _var(Z, d).sum())
             # ------------------------------------------------------ controller
             m = _second_moment(prox[PROXY], rm)
-            kappa = ctrl.kappa(rm, m)
-            d = nat.Prefix.from_fraction(kappa, mask=rm, full_keep=FULL_KEEP)
-            real_nat, real_roll = float(_var(Z, d).sum()), _rollout_variance(G)
-            realised = real_nat / real_roll
-            # what sets the error: each half of the ratio against its model (pilot's scale s)
-            pred_nat = calib * s * ctrl.nat_variance(rm, m, kappa)
-            pred_roll = s * ctrl.rollout_variance(rm, m)
-            ctrl_rows.append({"policy": policy, "seed": seed, "kappa": kappa,
-                              "predicted_ratio": ctrl.history[-1]["ratio"],
-                              "realised_ratio": realised,
-                              "relative_error": realised / EPSILON - 1,
-                              "nat_variance_model_error": pred_nat / real_nat - 1,
-                              "rollout_variance_model_error": pred_roll / real_roll - 1,
-                              "kept_token_fraction": kappa})
+            real_roll = _rollout_variance(G)
+            for cd, (ctrl, calib) in ctrls.items():
+                kappa = ctrl.kappa(rm, m)
+                real_nat = float(_var(Z, _controlled(cd, kappa, rm, m)).sum())
+                realised = real_nat / real_roll
+                # what sets the error: each half of the ratio against its model (scale s)
+                pred_nat = calib * s * ctrl.nat_variance(rm, m, kappa)
+                pred_roll = s * ctrl.rollout_variance(rm, m)
+                ctrl_rows.append({"policy": policy, "seed": seed, "design": cd, "kappa": kappa,
+                                  "predicted_ratio": ctrl.history[-1]["ratio"],
+                                  "realised_ratio": realised,
+                                  "relative_error": realised / EPSILON - 1,
+                                  "nat_variance_model_error": pred_nat / real_nat - 1,
+                                  "rollout_variance_model_error": pred_roll / real_roll - 1})
     # ---------------------------------------------------------------- figures
     def both(name: str) -> float:
         return sum(v for k, v in sums.items() if k.endswith("/" + name))
@@ -234,7 +238,9 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
         both("optimal_prefix_oracle") / both("rpc"))
     ratios[f"optimal_poisson_oracle_variance_ratio_vs_urs@{KEEP:g}"] = (
         both("optimal_poisson_oracle") / both("urs"))
-    ratios["controller_variance_ratio_error"] = max(abs(r["relative_error"]) for r in ctrl_rows)
+    for cd in CONTROLLER_DESIGNS:
+        key = "controller_variance_ratio_error" + ("" if cd == "prefix" else f"[{cd}]")
+        ratios[key] = max(abs(r["relative_error"]) for r in ctrl_rows if r["design"] == cd)
     table = {}
     for policy in POLICIES:
         base = {"rpc": sums[f"{policy}/rpc"], "urs": sums[f"{policy}/urs"]}
@@ -251,8 +257,7 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
                     "note": "rank correlation of each proxy with ||grad l_t|| over tokens, "
                             "mean over policies and evaluation batches"})
     records.append({"name": "allocation/controller", "section": "allocation",
-                    "epsilon": EPSILON, "design": "prefix", "steps": ctrl_rows,
-                    "mean_kappa": float(np.mean([r["kappa"] for r in ctrl_rows]))})
+                    "epsilon": EPSILON, "designs": list(CONTROLLER_DESIGNS), "steps": ctrl_rows})
     for name, bound in TARGETS.items():
         v = ratios[name]
         records.append({"name": f"target/{name}", "section": "targets", "ratio": v,
@@ -260,6 +265,13 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
     records.append({"name": "allocation/meta", "section": "allocation", "quick": quick,
                     "wall_s": time.perf_counter() - t0})
     return {"ratios": ratios, "records": records}
+
+
+def _controlled(design: str, kappa: float, rm: torch.Tensor, m: torch.Tensor) -> nat.Design:
+    """The design a controlled step draws from at ``kappa`` (``m``: the proxy's sizes)."""
+    if design == "prefix":
+        return nat.Prefix.from_fraction(kappa, mask=rm, full_keep=FULL_KEEP)
+    return nat.Prefix.optimal(m, kappa, mask=rm, full_keep=FULL_KEEP)
 
 
 def _rollout_variance(G: torch.Tensor) -> float:

@@ -293,17 +293,18 @@ def _allocation_section(out: dict[str, Any]) -> list[str]:
     ctrl = _rec(out, "allocation/controller")
     if ctrl:
         L.append(
-            f"Keep-fraction controller (design `{ctrl['design']}`, target ratio "
+            f"Keep-fraction controller (target ratio "
             f"{_f(ctrl['epsilon'], 2)}): per evaluation batch, the chosen keep, the realised "
             "ratio of the exact NAT variance to the rollout variance, and each half's model error."
         )
         L.append("")
-        L.append("| policy | batch | keep | realised ratio | NAT model error "
+        L.append("| design | policy | batch | keep | realised ratio | NAT model error "
                  "| rollout model error |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("|---|---|---|---|---|---|---|")
         for x in ctrl["steps"]:
             L.append(
-                f"| {x['policy']} | `{x['seed']}` | {_f(x['kappa'])} | {_f(x['realised_ratio'])} | "
+                f"| `{x['design']}` | {x['policy']} | `{x['seed']}` | {_f(x['kappa'])} | "
+                f"{_f(x['realised_ratio'])} | "
                 f"{_f(x['nat_variance_model_error'])} | {_f(x['rollout_variance_model_error'])} |"
             )
         L.append("")
