@@ -237,3 +237,20 @@ def test_shared_budget(backend: Any) -> None:
     p.check()
     flat = optimal_inclusion(m[mask][None, :], 0.4)
     np.testing.assert_allclose(backend.to_numpy(p.pi)[mask], flat.pi[0], rtol=1e-12)
+
+
+def test_results_stay_on_the_input_device(device_backend: Any) -> None:
+    """Every array of the allocation lives on the profile's device (no silent device moves)."""
+    from nat_estimators._compat import device_of
+
+    bk = device_backend
+    mask = bk.asarray(np.array([[1, 1, 0, 1], [1, 1, 1, 1]], bool))
+    prof = bk.asarray(np.array([[3.0, 1.0, 0.0, 2.0], [1.0, 2.0, 0.5, 0.5]]))
+    for a in (optimal_survival(prof, 0.5, mask=mask, full_keep=0.1),
+              optimal_inclusion(prof, 0.5, mask=mask, floor=0.1),
+              optimal_survival(prof, 0.5, mask=mask, full_keep=0.1, shared=True)):
+        for f in ("pi", "multiplier", "pooled", "variance", "gap", "order_multipliers"):
+            assert device_of(getattr(a, f)) == device_of(prof), f
+        a.check()
+    d = nat.Prefix.optimal(prof, 0.5, mask=mask, full_keep=0.1)
+    assert device_of(d.pi) == device_of(prof)
