@@ -211,7 +211,8 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
             real_roll = _rollout_variance(G)
             for cd, (ctrl, calib) in ctrls.items():
                 kappa = ctrl.kappa(rm, m)
-                real_nat = float(_var(Z, _controlled(cd, kappa, rm, m)).sum())
+                per_row = _var(Z, _controlled(cd, kappa, rm, m))
+                real_nat = float(per_row.sum())
                 realised = real_nat / real_roll
                 # what sets the error: each half of the ratio against its model (scale s)
                 pred_nat = calib * s * ctrl.nat_variance(rm, m, kappa)
@@ -221,7 +222,8 @@ def run_allocation_benchmarks(quick: bool = False) -> dict[str, Any]:
                                   "realised_ratio": realised,
                                   "relative_error": realised / EPSILON - 1,
                                   "nat_variance_model_error": pred_nat / real_nat - 1,
-                                  "rollout_variance_model_error": pred_roll / real_roll - 1})
+                                  "rollout_variance_model_error": pred_roll / real_roll - 1,
+                                  "realised_ratio_bootstrap_se": _bootstrap_se(per_row, G)})
     # ---------------------------------------------------------------- figures
     def both(name: str) -> float:
         return sum(v for k, v in sums.items() if k.endswith("/" + name))
@@ -272,6 +274,18 @@ def _controlled(design: str, kappa: float, rm: torch.Tensor, m: torch.Tensor) ->
     if design == "prefix":
         return nat.Prefix.from_fraction(kappa, mask=rm, full_keep=FULL_KEEP)
     return nat.Prefix.optimal(m, kappa, mask=rm, full_keep=FULL_KEEP)
+
+
+def _bootstrap_se(per_row: torch.Tensor, G: torch.Tensor, reps: int = 400) -> float:
+    """Bootstrap (rows resampled, fixed seed) standard error of the realised ratio: how precisely
+    one batch of rows measures it."""
+    g = torch.Generator().manual_seed(0)
+    B = G.shape[0]
+    out = []
+    for _ in range(reps):
+        idx = torch.randint(0, B, (B,), generator=g)
+        out.append(float(per_row[idx].sum()) / _rollout_variance(G[idx]))
+    return float(np.std(out, ddof=1))
 
 
 def _rollout_variance(G: torch.Tensor) -> float:

@@ -298,13 +298,13 @@ def _allocation_section(out: dict[str, Any]) -> list[str]:
             "ratio of the exact NAT variance to the rollout variance, and each half's model error."
         )
         L.append("")
-        L.append("| design | policy | batch | keep | realised ratio | NAT model error "
-                 "| rollout model error |")
+        L.append("| design | policy | batch | keep | realised ratio (bootstrap s.e.) "
+                 "| NAT model error | rollout model error |")
         L.append("|---|---|---|---|---|---|---|")
         for x in ctrl["steps"]:
             L.append(
                 f"| `{x['design']}` | {x['policy']} | `{x['seed']}` | {_f(x['kappa'])} | "
-                f"{_f(x['realised_ratio'])} | "
+                f"{_f(x['realised_ratio'])} ({_f(x.get('realised_ratio_bootstrap_se'))}) | "
                 f"{_f(x['nat_variance_model_error'])} | {_f(x['rollout_variance_model_error'])} |"
             )
         L.append("")
