@@ -449,7 +449,7 @@ class NATGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ grouping rows
     def _nat_crops(self) -> bool:
-        return self.args.nat_design == "prefix" and not self._nat_full_forward
+        return self.args.nat_design.startswith("prefix") and not self._nat_full_forward
 
     def _nat_can_group(self, batches: list[dict[str, Any]]) -> bool:
         a = self.args
@@ -525,9 +525,9 @@ class NATGRPOTrainer(GRPOTrainer):
         mm = {k: inputs.get(k) for k in _MM_KEYS}
         saving = not self._nat_full_forward and all(v is None for v in mm.values())
         width = C
-        if saving and self.args.nat_design == "prefix":
+        if saving and self.args.nat_design.startswith("prefix"):
             width = max(int(inputs["nat_crop"].max()), 1)
-        head_only = saving and self.args.nat_design != "prefix"
+        head_only = saving and not self.args.nat_design.startswith("prefix")
         ids = torch.cat([prompt_ids, completion_ids[:, :width]], dim=1)
         am = torch.cat([prompt_mask, completion_mask[:, :width]], dim=1)
         scored_c = torch.ones(B, width, dtype=torch.bool, device=ids.device)
