@@ -249,6 +249,68 @@ def _explain(out: dict[str, Any], name: str) -> str:
     return ""
 
 
+_ALLOCATION_KEYS = ("optimal_", "controller_")
+
+
+def _allocation_section(out: dict[str, Any]) -> list[str]:
+    """The optimal-allocation section (``benchmarks/allocation.py``), if the run has it."""
+    var = _rec(out, "allocation/variance")
+    if var is None:
+        return []
+    r = out["ratios"]
+    L = ["## Optimal token budgets", ""]
+    L.append(
+        "Exact variance of the HT gradient on the trained validation policies' per-token "
+        "gradients, the optimal designs over the paper's at equal expected kept tokens "
+        f"(keep {_f(var['keep'], 2)}, full-keep floor {_f(var['full_keep'], 2)}; proxy "
+        f"`{var['headline_proxy']}` fixed before the draw; `shared`: one budget for the batch; "
+        "`oracle`: the real per-token profile)."
+    )
+    L.append("")
+    L.append("| ratio | value |")
+    L.append("|---|---|")
+    for k, v in r.items():
+        if k.startswith(_ALLOCATION_KEYS):
+            L.append(f"| `{k}` | {_f(v)} |")
+    L.append("")
+    by = var.get("ratio_to_paper_design_by_policy", {})
+    names = [n for n in next(iter(by.values()), {}) if n not in ("rpc", "urs")]
+    if by:
+        L.append("| design / policy | " + " | ".join(by) + " |")
+        L.append("|---|" + "---|" * len(by))
+        for n in names:
+            L.append(f"| `{n}` | " + " | ".join(_f(by[p].get(n)) for p in by) + " |")
+        L.append("")
+    prox = _rec(out, "allocation/proxies")
+    if prox:
+        L.append("Rank correlation of each rollout-time proxy with the per-token gradient norm:")
+        L.append("")
+        L.append("| proxy | Spearman |")
+        L.append("|---|---|")
+        for k, v in prox["spearman_with_gradient_norm"].items():
+            L.append(f"| `{k}` | {_f(v)} |")
+        L.append("")
+    ctrl = _rec(out, "allocation/controller")
+    if ctrl:
+        L.append(
+            f"Keep-fraction controller (target ratio "
+            f"{_f(ctrl['epsilon'], 2)}): per evaluation batch, the chosen keep, the realised "
+            "ratio of the exact NAT variance to the rollout variance, and each half's model error."
+        )
+        L.append("")
+        L.append("| design | policy | batch | keep | realised ratio (bootstrap s.e.) "
+                 "| NAT model error | rollout model error |")
+        L.append("|---|---|---|---|---|---|---|")
+        for x in ctrl["steps"]:
+            L.append(
+                f"| `{x['design']}` | {x['policy']} | `{x['seed']}` | {_f(x['kappa'])} | "
+                f"{_f(x['realised_ratio'])} ({_f(x.get('realised_ratio_bootstrap_se'))}) | "
+                f"{_f(x['nat_variance_model_error'])} | {_f(x['rollout_variance_model_error'])} |"
+            )
+        L.append("")
+    return L
+
+
 def build_markdown(
     out: dict[str, Any], plots: list[tuple[str, str]], plots_rel: str, command: str
 ) -> str:
@@ -492,8 +554,12 @@ def build_markdown(
             )
             L.append("")
 
+    # ---- optimal allocation
+    L.extend(_allocation_section(out))
+
     # ---- samplers
-    srat = {k: v for k, v in r.items() if not k.startswith(("rpc_", "urs_", "select_", "pack_"))}
+    srat = {k: v for k, v in r.items()
+            if not k.startswith(("rpc_", "urs_", "select_", "pack_", *_ALLOCATION_KEYS))}
     if srat or any(x.get("section") == "samplers" for x in out["records"]):
         L.append("## Samplers")
         L.append("")

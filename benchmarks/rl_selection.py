@@ -7,7 +7,8 @@ and the rest its response (the response mask).  Cases, interleaved in rotating r
 warm-up, with the garbage collector off while timing:
 
 * ``select/<design>``: :func:`nat_estimators.rl.select_tokens` at keep 0.5 for every name in
-  :data:`nat_estimators.rl.DESIGNS`; the size-proportional designs get heavy-tailed sizes
+  :data:`nat_estimators.rl.DESIGNS`; the designs that take sizes (size-proportional, optimal) get
+  heavy-tailed sizes
   (log-normal, :math:`\sigma = 1.5`, as token entropies: the capping at 1 is active in every row)
   and, as ``select/<design>/light``, light-tailed ones (uniform on 0.05 .. 1.05: no capping);
 * ``pack/crop``: :func:`~nat_estimators.rl.pack_rows` of the prefix crop
@@ -72,13 +73,13 @@ def _batch(rows: int, tokens: int, device: Any) -> dict[str, Any]:
 def _cases(b: dict[str, Any], device: Any) -> dict[str, Callable[[], Any]]:
     import torch
 
-    from nat_estimators.rl import DESIGNS, crop_mask, pack_rows, select_tokens
+    from nat_estimators.rl import DESIGNS, crop_mask, needs_sizes, pack_rows, select_tokens
 
     g = torch.Generator(device=device).manual_seed(7)
     rm, am = b["response"], b["attention"]
     cases: dict[str, Callable[[], Any]] = {}
     for name in DESIGNS:
-        if name.endswith("_proportional"):
+        if needs_sizes(name):  # size-proportional and variance-optimal designs
             for tail, sizes in (("", b["heavy"]), ("/light", b["light"])):
                 cases[f"select/{name}{tail}"] = (
                     lambda n=name, s=sizes: select_tokens(rm, n, KEEP, sizes=s, generator=g)

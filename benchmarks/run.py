@@ -10,6 +10,9 @@ ratios can be checked.  Sections:
   token accounting; the cost model evaluated on the measured selections.
 * **Cost-model projection** (:mod:`benchmarks.projection`): Qwen3-8B at 8k–32k response tokens,
   beside the paper's 0.71 / 0.82.
+* **Optimal allocation** (:mod:`benchmarks.allocation`): variance of the optimal prefix cut law
+  and of Neyman-optimal Poisson sampling over the paper's RPC and URS at equal expected compute,
+  on the trained validation policies' per-token gradients; the keep-fraction controller's error.
 * **Samplers** (:mod:`benchmarks.samplers`): batch draws on numpy and torch, speed-ups against R's
   ``sampling`` package.
 * **RL selection at batch scale** (:mod:`benchmarks.rl_selection`): every ``select_tokens``
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip-nat", action="store_true", help="skip the NAT step section")
     p.add_argument("--skip-samplers", action="store_true", help="skip the sampler section")
+    p.add_argument(
+        "--skip-allocation", action="store_true", help="skip the optimal-allocation section"
+    )
     p.add_argument("--no-r", action="store_true", help="skip the comparisons with R")
     p.add_argument(
         "--skip-rl-selection", action="store_true",
@@ -176,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         machine["nat_step_memory_method"] = next(
             (r["memory_method"] for r in res["records"] if r["name"] == "nat_step/meta"), None
         )
+
+    if not args.skip_allocation:
+        from benchmarks.allocation import run_allocation_benchmarks
+
+        _log(f"[allocation] quick={args.quick}: optimal designs on the trained policies")
+        old = torch.get_num_threads()
+        try:
+            res = run_allocation_benchmarks(args.quick)
+        finally:
+            torch.set_num_threads(old)
+        ratios.update(res["ratios"])
+        records.extend(res["records"])
 
     _log("[projection] cost model, Qwen3-8B")
     records.extend(qwen_projection())

@@ -22,6 +22,7 @@ from nat_estimators.rl import (
     DESIGNS,
     LossNormalizers,
     crop_mask,
+    needs_sizes,
     pack_rows,
     select_tokens,
 )
@@ -74,7 +75,7 @@ def main() -> None:
     t_model = timed(fwd_bwd, dev, 1)
     print(f"device {dev}, batch {B} x {T}, fwd+bwd of the example policy: {t_model:.3f} s")
     for design in DESIGNS:
-        kw = {"sizes": sizes} if design.endswith("_proportional") else {}
+        kw = {"sizes": sizes} if needs_sizes(design) else {}
 
         def book(design=design, kw=kw):
             stats = LossNormalizers.from_mask(rm)

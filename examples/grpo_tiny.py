@@ -22,7 +22,7 @@ import time
 import torch
 
 from nat_estimators.demo.models import TinyCausalLM
-from nat_estimators.rl import DESIGNS, LOSS_MODES, GRPOBatch, GRPOConfig, grpo_step
+from nat_estimators.rl import DESIGNS, LOSS_MODES, GRPOBatch, GRPOConfig, grpo_step, needs_sizes
 
 
 @torch.no_grad()
@@ -90,7 +90,7 @@ def main() -> None:
         adv = ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-6)).flatten()
         old = token_logprobs_full(model, ids, am)
         sizes = None
-        if args.design.endswith("_proportional"):
+        if needs_sizes(args.design):
             sizes = (adv.abs()[:, None] + 0.1).expand(ids.shape).float()
         batch = GRPOBatch(ids, am, rm, adv.float(), old_log_probs=old, sizes=sizes)
         out = grpo_step(model, opt, batch, cfg, generator=gen, max_grad_norm=1.0)

@@ -87,10 +87,11 @@ class Design(abc.ABC):
     def __init_subclass__(cls, *, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if name:
-            if name in _REGISTRY or name.endswith("_proportional"):
+            if name in _REGISTRY or name.endswith(("_proportional", "_optimal")):
                 raise ValueError(
                     f"a design named {name!r} is already registered (or the name ends with "
-                    "'_proportional', reserved for the size-proportional variants); pick another"
+                    "'_proportional' or '_optimal', reserved for the size-proportional and "
+                    "variance-optimal variants); pick another"
                 )
             cls.name = name
             _REGISTRY[name] = cls

@@ -5,7 +5,12 @@ Sub-commands
 ``compare``
     Compare the sampling designs at a token budget on a gradient profile: tokens kept, largest
     Horvitz–Thompson weight, exact design variance relative to the full-token answer and to
-    uniform Poisson sampling.  Prints a table; ``--plot`` writes a PNG, ``--json`` the numbers.
+    uniform Poisson sampling, expected step cost (:mod:`nat_estimators.costmodel`) and the
+    variance x cost product.  The variance-optimal designs (``Prefix.optimal``,
+    ``Poisson.optimal``, ``Systematic.optimal``) are built on the profile itself (a pilot).
+    ``--target-variance`` / ``--target-cost`` recommend the cheapest design and budget reaching a
+    variance, or the lowest-variance one within a cost (:func:`recommend`).  Prints a table;
+    ``--plot`` writes a PNG, ``--json`` the numbers.
 ``validate``
     Run the Monte Carlo unbiasedness suite (:mod:`nat_estimators.validation`, shipped with the
     package together with its trained policies) and write a report folder.
@@ -26,11 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from . import Poisson
+from . import Poisson, Prefix, Systematic
 from ._design import Design
+from .allocation import prefix_profile
+from .costmodel import TransformerConfig, expected_step_flops
 from .variance import design_variance
 
-__all__ = ["compare_designs", "gradient_profile", "main"]
+__all__ = ["Recommendation", "compare_designs", "gradient_profile", "main", "recommend"]
+
+#: Keep fractions :func:`recommend` searches.
+BUDGETS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def gradient_profile(
@@ -78,6 +88,8 @@ class DesignComparison:
     #: ``None`` where uniform Poisson's variance is exactly 0 (keep 1: every design keeps every
     #: token, so every variance is 0 and the ratio is undefined).
     variance_vs_poisson: float | None
+    relative_cost: float = float("nan")
+    variance_x_cost: float = float("nan")
 
 
 def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design]:
@@ -97,17 +109,32 @@ def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design
             out[label] = cls.from_fraction(budget, mask=mask, **opts)
         if hasattr(cls, "proportional"):
             out[f"{name} (pi ~ |g|)"] = cls.proportional(norms, budget * count, mask=mask)
+    # the variance-optimal designs on the profile itself (a pilot): exact d_t, ||g_t||^2
+    floor = options["full_keep"]
+    out["prefix (optimal)"] = Prefix.optimal(prefix_profile(y, mask=mask), budget, mask=mask,
+                                             full_keep=floor)
+    out["poisson (optimal)"] = Poisson.optimal(norms**2, budget, mask=mask)
+    out["systematic (optimal)"] = Systematic.optimal(norms**2, budget, mask=mask)
     return out
 
 
 def compare_designs(
-    budget: float, y: np.ndarray, mask: np.ndarray
+    budget: float,
+    y: np.ndarray,
+    mask: np.ndarray,
+    *,
+    config: TransformerConfig | None = None,
+    prompt_len: int = 512,
 ) -> list[DesignComparison]:
     r"""Exact figures of every design at keep fraction ``budget`` for per-token values ``y``.
 
     ``relative_variance`` is :math:`\sum_c V_c(\hat Y) / \lVert Y\rVert^2` summed over rows
     (noise-to-signal of the estimated gradient); ``variance_vs_poisson`` divides the design
-    variance by uniform Poisson's at the same budget.
+    variance by uniform Poisson's at the same budget; ``relative_cost`` is the expected step
+    FLOPs over the full-token step's (:func:`~nat_estimators.costmodel.expected_step_flops`,
+    model ``config``, default Qwen3-8B, prompts of ``prompt_len`` tokens) — prefix cutting saves
+    the body and the head of the dropped tokens, per-position designs the head only — and
+    ``variance_x_cost`` their product (variance per unit of compute).
 
     Examples
     --------
@@ -117,20 +144,101 @@ def compare_designs(
     >>> res[0].design, round(res[0].variance_vs_poisson, 6)
     ('poisson (uniform, URS)', 1.0)
     """
+    cfg = TransformerConfig.qwen3_8b() if config is None else config
     out = []
     ytot = y.sum(axis=1)
     signal = float((ytot**2).sum())
     base = None
+    full = None
     for name, d in _designs(budget, mask, y).items():
         # every pi = 1: the sample is the whole population, V = 0 exactly (no rounding residue)
         certain = bool(np.all(np.where(mask, d.inclusion_probabilities(), 1.0) == 1.0))
         v = 0.0 if certain else float(np.sum(design_variance(y, d, axis=1)))
         if base is None:
             base = v
+            full = expected_step_flops(cfg, d, prompt_len=prompt_len, full=True)
+        assert full is not None
         kf = float(d.expected_size().sum() / mask.sum())
+        cost = expected_step_flops(cfg, d, prompt_len=prompt_len) / full
         out.append(DesignComparison(name, kf, float(np.max(d.max_weight())), v / signal,
-                                    v / base if base > 0 else None))
+                                    v / base if base > 0 else None, cost,
+                                    v / signal * cost))
     return out
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The design and keep fraction :func:`recommend` picked, with its figures."""
+
+    design: str
+    keep: float
+    relative_variance: float
+    relative_cost: float
+    target: str
+
+
+def recommend(
+    y: np.ndarray,
+    mask: np.ndarray,
+    *,
+    target_variance: float | None = None,
+    target_cost: float | None = None,
+    budgets: Sequence[float] = BUDGETS,
+    config: TransformerConfig | None = None,
+    prompt_len: int = 512,
+) -> Recommendation:
+    r"""The cheapest (design, keep) whose variance is at most ``target_variance``, or the
+    lowest-variance one whose relative cost is at most ``target_cost`` (exactly one target).
+
+    Variances and costs are those of :func:`compare_designs` over the keep fractions
+    ``budgets`` (a grid: the answer is the best grid point).
+
+    Raises
+    ------
+    ValueError
+        Both or neither target given, a non-positive target, or no grid point meeting it (the
+        message gives the closest one).
+
+    Examples
+    --------
+    >>> from nat_estimators.cli import gradient_profile, recommend
+    >>> y, mask = gradient_profile(rows=2, length=64, dim=2)
+    >>> r = recommend(y, mask, target_variance=0.05)
+    >>> r.relative_variance <= 0.05
+    True
+    """
+    if (target_variance is None) == (target_cost is None):
+        raise ValueError("give exactly one of target_variance and target_cost")
+    target = target_variance if target_variance is not None else target_cost
+    assert target is not None
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"the target must be a positive number, got {target}")
+    grid = [(b, r) for b in budgets
+            for r in compare_designs(b, y, mask, config=config, prompt_len=prompt_len)]
+    if target_variance is not None:
+        ok = [(b, r) for b, r in grid if r.relative_variance <= target_variance]
+        if not ok:
+            b, r = min(grid, key=lambda g: g[1].relative_variance)
+            raise ValueError(
+                f"no design reaches relative variance {target_variance:g} on keep fractions "
+                f"{tuple(budgets)}; the lowest is {r.relative_variance:.4g} ({r.design} at "
+                f"keep {b:g}); raise the target or allow larger keep fractions"
+            )
+        b, r = min(ok, key=lambda g: (g[1].relative_cost, g[1].relative_variance))
+        label = f"relative variance <= {target_variance:g}"
+    else:
+        assert target_cost is not None
+        ok = [(b, r) for b, r in grid if r.relative_cost <= target_cost]
+        if not ok:
+            b, r = min(grid, key=lambda g: g[1].relative_cost)
+            raise ValueError(
+                f"no design costs at most {target_cost:g} of the full-token step on keep "
+                f"fractions {tuple(budgets)}; the cheapest is {r.relative_cost:.4g} ({r.design} "
+                f"at keep {b:g}); raise the target or allow smaller keep fractions"
+            )
+        b, r = min(ok, key=lambda g: (g[1].relative_variance, g[1].relative_cost))
+        label = f"relative cost <= {target_cost:g}"
+    return Recommendation(r.design, b, r.relative_variance, r.relative_cost, label)
 
 
 def _argument(convert: Any, ok: Any, kind: str, bad: str) -> Any:
@@ -270,28 +378,45 @@ def comparison_figure(y: np.ndarray, mask: np.ndarray, budget: float, *, title: 
 
 def _ratio_text(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+_positive = _argument(float, lambda v: math.isfinite(v) and v > 0, "a positive number",
+                      "the target must be a positive number")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     y, mask = gradient_profile(args.rows, args.length, args.dim, seed=args.seed)
-    res = compare_designs(args.budget, y, mask)
+    res = compare_designs(args.budget, y, mask, prompt_len=args.prompt_len)
     print(f"Designs at keep fraction {args.budget:g} on a synthetic gradient profile "
           f"({args.rows} rows, <= {args.length} tokens, {args.dim}-dim gradients, "
           f"seed {args.seed})")
-    hdr = f"{'design':<28} {'kept':>6} {'max w':>8} {'V/|Y|^2':>10} {'V/V_URS':>9}"
+    hdr = (f"{'design':<28} {'kept':>6} {'max w':>8} {'V/|Y|^2':>10} {'V/V_URS':>9} "
+           f"{'cost':>6} {'V x cost':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in res:
         print(f"{r.design:<28} {r.keep_fraction:>6.3f} {r.max_weight:>8.2f} "
-              f"{r.relative_variance:>10.4g} {_ratio_text(r.variance_vs_poisson):>9}")
+              f"{r.relative_variance:>10.4g} {_ratio_text(r.variance_vs_poisson):>9} "
+              f"{r.relative_cost:>6.3f} {r.variance_x_cost:>10.4g}")
     print("V/|Y|^2: exact design variance of the HT gradient over the squared full-token "
-          "gradient (0 = full-token). V/V_URS: relative to uniform Poisson at the same budget.")
+          "gradient (0 = full-token). V/V_URS: relative to uniform Poisson at the same budget. "
+          f"cost: expected step FLOPs over the full-token step's (Qwen3-8B shape, "
+          f"{args.prompt_len}-token prompts).")
     if any(r.variance_vs_poisson is None for r in res):
         print("V/V_URS is n/a: uniform Poisson's variance is exactly 0 at this budget (at keep 1 "
               "every design keeps every token and every variance is exactly 0); compare designs "
               "at a keep fraction below 1.")
+    payload: dict[str, Any] | list[dict[str, Any]] = [r.__dict__ for r in res]
+    if args.target_variance is not None or args.target_cost is not None:
+        try:
+            rec = recommend(y, mask, target_variance=args.target_variance,
+                            target_cost=args.target_cost, prompt_len=args.prompt_len)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"recommendation ({rec.target}): {rec.design} at keep {rec.keep:g} — relative "
+              f"variance {rec.relative_variance:.4g}, relative cost {rec.relative_cost:.3f}")
+        payload = {"designs": payload, "recommendation": rec.__dict__}
     if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in res], indent=2))
+        Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         try:
@@ -442,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", type=_positive_int, default=8,
                    help="gradient dimensions (default 8)")
     c.add_argument("--seed", type=_seed, default=0, help="profile seed, >= 0 (default 0)")
+    c.add_argument("--prompt-len", type=_positive_int, default=512,
+                   help="prompt tokens per row for the cost model (default 512)")
+    t = c.add_mutually_exclusive_group()
+    t.add_argument("--target-variance", type=_positive, metavar="V",
+                   help="recommend the cheapest design and keep with V/|Y|^2 <= V")
+    t.add_argument("--target-cost", type=_positive, metavar="C",
+                   help="recommend the lowest-variance design and keep costing <= C x full")
     c.add_argument("--plot", metavar="PNG", type=_output_file("the plot", _image_formats),
                    help="write variance-vs-budget curves to PNG (or .pdf, .svg, ...)")
     c.add_argument("--json", metavar="FILE", type=_output_file("the JSON output"),

@@ -77,6 +77,7 @@ the model's prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,7 @@ __all__ = [
     "StepCost",
     "TransformerConfig",
     "batch_step_cost",
+    "expected_step_flops",
     "nat_step_cost_ratio",
     "step_cost",
 ]
@@ -273,6 +275,45 @@ def batch_step_cost(
         raise ValueError(f"body_tokens {tb.shape} and head_tokens {th.shape} differ in shape")
     flops, act = _row_costs(cfg, tb, th)
     return StepCost(float(np.sum(flops)), float(np.sum(act)), cfg.static_bytes)
+
+
+def expected_step_flops(
+    cfg: TransformerConfig, design: Any, /, *, prompt_len: int = 0, full: bool = False
+) -> float:
+    r"""Expected FLOPs of a fwd+bwd step over a design's rows (the sum over rows).
+
+    Prefix designs (eligible tokens contiguous from the response start): row :math:`i` costs
+    :math:`\sum_L P(L)\, F(P + L, L)` — the exact expectation over its cut law, quadratic
+    attention included.  Other designs run the whole row through the body and the LM head on
+    the kept tokens: :math:`F(P + N_i, E|S_i|)` (linear in the head tokens, so exact).
+    ``full=True`` gives the full-token step :math:`\sum_i F(P + N_i, N_i)`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> from nat_estimators.costmodel import TransformerConfig, expected_step_flops
+    >>> cfg = TransformerConfig.qwen3_8b()
+    >>> d = nat.Prefix.from_fraction(0.5, mask=np.ones((2, 4096), bool))
+    >>> r = expected_step_flops(cfg, d, prompt_len=512) / expected_step_flops(
+    ...     cfg, d, prompt_len=512, full=True)
+    >>> 0.4 < r < 0.6
+    True
+    """
+    from ._compat import to_numpy
+    from .prefix import Prefix
+
+    mask = np.asarray(to_numpy(design.mask), dtype=bool)
+    count = mask.sum(-1).reshape(-1).astype(float)
+    if full:
+        return float(np.sum(_row_costs(cfg, prompt_len + count, count)[0]))
+    if isinstance(design, Prefix):
+        pmf = np.asarray(to_numpy(design.cut_pmf()), dtype=float).reshape(count.size, -1)
+        cuts = np.arange(pmf.shape[-1], dtype=float)
+        flops = _row_costs(cfg, prompt_len + cuts, cuts)[0]
+        return float(np.sum(pmf * flops[None, :]))
+    size = np.asarray(to_numpy(design.expected_size()), dtype=float).reshape(-1)
+    return float(np.sum(_row_costs(cfg, prompt_len + count, size)[0]))
 
 
 def nat_step_cost_ratio(

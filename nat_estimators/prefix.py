@@ -47,6 +47,7 @@ from ._validation import (
     trusted,
 )
 from ._variance_engine import _lin, _outer, _per_row, _Rows, _scan_sq, _weights
+from .allocation import optimal_survival
 
 __all__ = ["Prefix"]
 
@@ -282,6 +283,51 @@ class Prefix(_PiDesign, name="prefix"):
         pi = pi if pi.dtype == out_dt else xp.astype(pi, out_dt)
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
+
+    @classmethod
+    def optimal(
+        cls,
+        profile: Array,
+        keep: float,
+        *,
+        mask: Array | None = None,
+        full_keep: float = 0.05,
+        shared: bool = False,
+    ) -> Prefix:
+        r"""The variance-optimal cut law at expected keep fraction ``keep`` for a profile.
+
+        The survival minimising :math:`\sum_t (1/\pi_t - 1) d_t` over non-increasing
+        :math:`\pi` with :math:`a \le \pi \le 1` and :math:`\sum_t \pi_t = \kappa N_i`
+        (pool adjacent violators, then :math:`\pi_t = \mathrm{clip}(\sqrt{\tilde d_t /
+        \lambda}, a, 1)`); see :func:`~nat_estimators.allocation.optimal_survival`, which also
+        returns the optimality certificate, and :doc:`/theory/allocation`.
+
+        Parameters
+        ----------
+        profile : array, shape (..., N)
+            :math:`d_t = \|T_t\|^2 - \|T_{t+1}\|^2` from a pilot
+            (:func:`~nat_estimators.allocation.prefix_profile`) or a per-token second-moment
+            proxy (its expectation for uncorrelated tokens); fixed before the draw.
+        keep : float
+            Expected keep fraction :math:`\kappa \in [a, 1]`.
+        mask : array of bool, shape (..., N), optional
+            Eligible positions.
+        full_keep : float, default 0.05
+            The floor :math:`a` of :math:`\pi` (full-keep probability).
+        shared : bool, default False
+            One budget for the whole batch (:math:`\kappa \sum_i N_i` expected tokens) instead
+            of :math:`\kappa N_i` per row.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import nat_estimators as nat
+        >>> d = nat.Prefix.optimal(np.array([4.0, 1.0, 1.0, 0.25]), 0.5, full_keep=0.1)
+        >>> np.round(d.inclusion_probabilities(), 4)
+        array([0.8889, 0.4444, 0.4444, 0.2222])
+        """
+        a = optimal_survival(profile, keep, mask=mask, full_keep=full_keep, shared=shared)
+        return cls(a.pi, mask=mask)
 
     @classmethod
     def from_budget(cls, keep: float, *, mask: Array, **options: Any) -> Prefix:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import nat_estimators as nat
+from nat_estimators.allocation import prefix_profile
 
 # ragged (4, 7) eligibility: full row, non-contiguous row, a single token, an empty row
 RAGGED_MASK = np.array(
@@ -122,6 +123,19 @@ def _surv_row(m: np.ndarray) -> np.ndarray:
     return _survival(_R, m)
 
 
+def _optimal_prefix(mask: np.ndarray, keep: float) -> np.ndarray:
+    """Prefix.optimal's survival for the profile of random per-token vectors (signed d_t)."""
+    y = _R.normal(size=(*mask.shape, 2)) * _R.uniform(0.1, 3.0, size=(*mask.shape, 1))
+    d = prefix_profile(np.where(mask[..., None], y, 0.0), mask=mask)
+    return np.asarray(nat.Prefix.optimal(d, keep, mask=mask, full_keep=0.1).pi)
+
+
+def _optimal_pi(mask: np.ndarray, keep: float, floor: float) -> np.ndarray:
+    """Neyman-optimal pi (Poisson.optimal) for heavy-tailed second moments."""
+    m = _R.exponential(size=mask.shape) ** 3 + 1e-3
+    return np.asarray(nat.Poisson.optimal(m, keep, mask=mask, floor=floor).pi)
+
+
 POISSON_CASES = [
     PiCase("N1", nat.Poisson, np.array([0.3])),
     PiCase("N5", nat.Poisson, _R.uniform(0.05, 0.95, 5)),
@@ -132,6 +146,9 @@ POISSON_CASES = [
            _pad(np.where(_R.random(B1B2_MASK.shape) < 0.2, 1.0,
                          _R.uniform(0.1, 0.9, B1B2_MASK.shape)), B1B2_MASK), B1B2_MASK),
     PiCase("N10", nat.Poisson, _R.uniform(0.02, 0.98, 10)),
+    PiCase("optimal_ragged_B", nat.Poisson,
+           _pad(_optimal_pi(RAGGED_MASK, 0.5, 0.05), RAGGED_MASK), RAGGED_MASK),
+    PiCase("optimal_N8", nat.Poisson, _optimal_pi(np.ones((8,), bool), 0.4, 0.0)),
 ]
 
 SYSTEMATIC_CASES = [
@@ -150,6 +167,10 @@ SYSTEMATIC_CASES = [
            fixed_size=True),
     PiCase("N10_int", nat.Systematic, _scaled(_R, np.ones(10, bool), 4.0), fixed_size=True),
     PiCase("N10_nonint", nat.Systematic, _scaled(_R, np.ones(10, bool), 3.7)),
+    PiCase("optimal_ragged_B", nat.Systematic,
+           _pad(_optimal_pi(RAGGED_MASK, 0.5, 0.05), RAGGED_MASK), RAGGED_MASK),
+    PiCase("optimal_N8", nat.Systematic, _optimal_pi(np.ones((8,), bool), 0.5, 0.0),
+           fixed_size=True),
 ]
 
 PREFIX_CASES = [
@@ -160,6 +181,10 @@ PREFIX_CASES = [
     PiCase("ragged_B", nat.Prefix, _pad(_batch(_surv_row, RAGGED_MASK), RAGGED_MASK), RAGGED_MASK),
     PiCase("batch_B1B2", nat.Prefix, _pad(_batch(_surv_row, B1B2_MASK), B1B2_MASK), B1B2_MASK),
     PiCase("N10", nat.Prefix, _survival(_R, np.ones(10, bool), full=0.02)),
+    # the variance-optimal cut law (pooled blocks, floor and cap active) of a signed profile
+    PiCase("optimal_ragged_B", nat.Prefix,
+           _pad(_optimal_prefix(RAGGED_MASK, 0.5), RAGGED_MASK), RAGGED_MASK),
+    PiCase("optimal_N8", nat.Prefix, _optimal_prefix(np.ones((8,), bool), 0.35)),
 ]
 
 

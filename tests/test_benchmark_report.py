@@ -110,3 +110,20 @@ def test_rl_selection_section_numbers_come_from_the_run(tmp_path: Path) -> None:
     assert "select/poisson_proportional" in a and "pack/crop" in a
     static = _static_numbers(a, b, written)
     assert not static, "\n".join(f"  {n!r} in: {line[:160]}" for line, n in static)
+
+
+def test_allocation_section_numbers_come_from_the_run(tmp_path: Path) -> None:
+    """The optimal-allocation section (benchmarks/allocation.py's committed output merged into
+    the committed run) passes the same check."""
+    alloc = json.loads((ROOT / "benchmarks" / "results" / "allocation.json").read_text())
+    run = json.loads(RUN.read_text(encoding="utf-8"))
+    run["ratios"].update(alloc["ratios"])
+    run["records"].extend(alloc["records"])
+    pages = []
+    for i, out in enumerate((run, _scaled(copy.deepcopy(run)))):
+        path = tmp_path / f"page{i}.md"
+        report.write_report(out, path, tmp_path / f"plots{i}", command="python benchmarks/run.py")
+        pages.append(path.read_text(encoding="utf-8"))
+    assert "## Optimal token budgets" in pages[0]
+    assert "optimal_prefix_variance_ratio_vs_rpc@0.5" in pages[0]
+    assert _static_numbers(pages[0], pages[1], _run_strings(run)) == []

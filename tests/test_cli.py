@@ -132,7 +132,9 @@ def test_compare_figure(budget: float) -> None:
     assert all(a > b for a, b in itertools.pairwise(sizes))
     assert all(ln.get_markerfacecolor() == "none" for ln in designs)
     assert all(budget in list(ln.get_xdata()) for ln in designs)
-    prefix = [ln.get_label() for ln in designs if ln.get_label().startswith("prefix")]
+    # prefix cutting from a budget (not the variance-optimal cut law) shows its full_keep floor
+    prefix = [ln.get_label() for ln in designs
+              if ln.get_label().startswith("prefix") and "optimal" not in ln.get_label()]
     assert prefix and all("full_keep=0.05" in lbl for lbl in prefix)
     if budget < 0.1:  # the floor follows the budget below 0.1 (full_keep = budget / 2)
         assert any(f"0.025 at keep {budget:g}" in lbl for lbl in prefix)
@@ -206,3 +208,52 @@ def test_validate_progress_on_a_terminal_is_a_bar(tmp_path: Path) -> None:
     _, stderr = _validate_like_run(tmp_path, "tty")
     assert "\r" in stderr and "validating" in stderr
     assert not any(line.startswith("[1/4]") for line in stderr.splitlines())
+
+
+def test_compare_costs_and_recommendation(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rec.json"
+    assert main(["compare", "--rows", "3", "--length", "96", "--dim", "2",
+                 "--target-variance", "0.05", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "recommendation (relative variance <= 0.05)" in text and "optimal" in text
+    data = json.loads(out.read_text())
+    rec = data["recommendation"]
+    assert rec["relative_variance"] <= 0.05
+    for r in data["designs"]:
+        assert 0 < r["relative_cost"] <= 1
+        assert r["variance_x_cost"] == pytest.approx(r["relative_variance"] * r["relative_cost"])
+        if r["design"].startswith("prefix"):  # prefix saves body and head
+            assert r["relative_cost"] < min(x["relative_cost"] for x in data["designs"]
+                                            if x["design"].startswith("poisson"))
+
+
+def test_recommend_is_the_best_grid_point() -> None:
+    from nat_estimators.cli import compare_designs, gradient_profile, recommend
+
+    y, mask = gradient_profile(rows=2, length=64, dim=2)
+    grid = [(b, r) for b in (0.2, 0.5, 0.8) for r in compare_designs(b, y, mask)]
+    rv = recommend(y, mask, target_variance=0.02, budgets=(0.2, 0.5, 0.8))
+    ok = [r.relative_cost for _, r in grid if r.relative_variance <= 0.02]
+    assert rv.relative_cost == pytest.approx(min(ok))
+    rc = recommend(y, mask, target_cost=0.95, budgets=(0.2, 0.5, 0.8))
+    ok = [r.relative_variance for _, r in grid if r.relative_cost <= 0.95]
+    assert rc.relative_variance == pytest.approx(min(ok))
+    with pytest.raises(ValueError, match="exactly one"):
+        recommend(y, mask)
+    with pytest.raises(ValueError, match="no design reaches"):
+        recommend(y, mask, target_variance=1e-12, budgets=(0.2,))
+    with pytest.raises(ValueError, match="no design costs"):
+        recommend(y, mask, target_cost=1e-3, budgets=(0.5,))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["compare", "--target-variance", "0"], "positive number"),
+    (["compare", "--target-cost", "-1"], "positive number"),
+    (["compare", "--target-cost", "0.5", "--target-variance", "0.1"], "not allowed with"),
+])
+def test_bad_targets(argv: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert match in capsys.readouterr().err

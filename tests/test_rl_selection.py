@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nat_estimators as nat
-from nat_estimators.rl import DESIGNS, Selection, ht_weights, select_tokens
+from nat_estimators.rl import DESIGNS, Selection, ht_weights, needs_sizes, select_tokens
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -31,7 +31,7 @@ def sizes_for(m):
 
 def draw(name, m, seed=0, **kw):
     g = torch.Generator(device=m.device).manual_seed(seed)
-    if name.endswith("_proportional"):
+    if needs_sizes(name):
         kw.setdefault("sizes", sizes_for(m))
     return select_tokens(m, name, 0.4, generator=g, **kw)
 
@@ -64,7 +64,7 @@ def test_selection_record(name, device):
         torch.testing.assert_close(es, torch.round(0.4 * n_i).clamp(min=(n_i > 0).double()))
     else:
         torch.testing.assert_close(es, 0.4 * n_i, rtol=1e-12, atol=1e-12)
-    if name == "prefix":
+    if name in ("prefix", "prefix_optimal"):
         assert sel.cut_lengths is not None
         assert torch.equal(sel.cut_lengths, sel.sample.sum(-1))
         # kept tokens are the first L eligible ones
@@ -81,7 +81,7 @@ def test_same_generator_state_same_selection(name):
     assert torch.equal(a.sample, b.sample) and torch.equal(a.weights, b.weights)
     g = torch.Generator().manual_seed(11)
     state = g.get_state()
-    kw = {"sizes": sizes_for(m)} if name.endswith("_proportional") else {}
+    kw = {"sizes": sizes_for(m)} if needs_sizes(name) else {}
     c = select_tokens(m, name, 0.4, generator=g, **kw)
     g.set_state(state)
     d = select_tokens(m, name, 0.4, generator=g, **kw)

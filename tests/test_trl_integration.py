@@ -38,7 +38,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from nat_estimators.demo import hf_tiny  # noqa: E402
 from nat_estimators.integrations import trl as nat_trl  # noqa: E402
 from nat_estimators.integrations.trl import NATGRPOConfig, NATGRPOTrainer  # noqa: E402
-from nat_estimators.rl import DESIGNS, Selection  # noqa: E402
+from nat_estimators.rl import DESIGNS, Selection, needs_sizes  # noqa: E402
 
 # transformers 5 deprecates the gradient_checkpointing names that TRL 1.16 still uses
 pytestmark = [
@@ -275,7 +275,7 @@ def test_expected_gradient_equals_grpo_trainer(unbiased_pair, design):
     """E over the design's samples of the NAT gradient = GRPOTrainer's gradient, exactly."""
     base, natt = unbiased_pair
     natt.args.nat_design = design
-    natt.args.nat_sizes = "entropy" if design.endswith("_proportional") else None
+    natt.args.nat_sizes = "entropy" if needs_sizes(design) else None
     natt.args.nat_full_keep = 0.2
     batch = make_batch(base, B=2, P=2, lengths=[3, 3], seed=7)
     for t in (base, natt):
@@ -420,7 +420,9 @@ def test_two_gloo_processes_equal_one(model_dir, tok, tmp_path):
 # ----------------------------------------------------------------------------- real trainings
 @pytest.mark.parametrize("design", DESIGNS)
 def test_short_training_runs(model_dir, tok, tmp_path, design):
-    sizes = {"poisson_proportional": "entropy", "systematic_proportional": "surprisal"}
+    sizes = {"poisson_proportional": "entropy", "systematic_proportional": "surprisal",
+             "prefix_optimal": "advantage", "poisson_optimal": "entropy",
+             "systematic_optimal": "surprisal"}
     natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, max_steps=2,
                         nat_design=design, nat_sizes=sizes.get(design), nat_keep=0.5,
                         learning_rate=1e-2, gradient_accumulation_steps=2,
@@ -434,6 +436,21 @@ def test_short_training_runs(model_dir, tok, tmp_path, design):
         assert math.isfinite(h["loss"]) and "entropy" in h
     assert any(not torch.equal(a, b) for a, b in zip(before, natt.model.parameters(),
                                                       strict=True))
+
+
+def test_variance_ratio_controller_sets_the_keep_fraction(model_dir, tok, tmp_path):
+    """nat_variance_ratio: each batch's keep fraction comes from KappaController (at most
+    nat_keep), computed from the batch's advantages and sizes only, before the draw."""
+    natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, max_steps=2,
+                        nat_design="prefix", nat_keep=0.9, nat_variance_ratio=2.0,
+                        learning_rate=1e-2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=2, steps_per_generation=2)
+    natt.train()
+    hist = natt._nat_kappa.history
+    assert hist and all(0.05 <= h["kappa"] <= 0.9 for h in hist)
+    assert all(h["bound"] != "" or abs(h["ratio"] / 2.0 - 1) < 1e-6 for h in hist)
+    logs = [h for h in natt.state.log_history if "nat/kept_fraction" in h]
+    assert len(logs) == 2
 
 
 def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
@@ -465,6 +482,8 @@ def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     (dict(nat_design="prefix", nat_sizes="entropy"), "nat_sizes"),
     (dict(nat_design="systematic_proportional", nat_sizes="logits"), "nat_sizes"),
     (dict(nat_seed=1.5), "nat_seed"),
+    (dict(nat_variance_ratio=0.0), "epsilon must be > 0"),
+    (dict(nat_variance_ratio=-1.0), "epsilon must be > 0"),
     (dict(importance_sampling_level="sequence"), "importance_sampling_level"),
     (dict(loss_type="vespo"), "vespo"),
 ])

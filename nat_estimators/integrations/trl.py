@@ -50,7 +50,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "pip install 'nat-estimators[trl]' (tested with trl>=1.16,<1.17)"
     ) from _e
 
-from ..rl import DESIGNS, Selection, select_tokens
+from ..rl import DESIGNS, KappaController, Selection, needs_sizes, select_tokens
 from ..rl.selection import _design_names
 from ._common import check_version, floored_sizes
 from ._common import version_tuple as _version_tuple  # noqa: F401 (kept for callers)
@@ -115,7 +115,9 @@ class NATGRPOConfig(GRPOConfig):
         :data:`nat_estimators.rl.DESIGNS`): ``"prefix"`` (random prefix cut — the forward pass
         stops at the cut), ``"poisson"``, ``"simple_random"``, ``"systematic"`` (the LM head runs
         only at selected positions) and the size-proportional ``"poisson_proportional"``,
-        ``"systematic_proportional"`` (:math:`\pi \propto` the ``nat_sizes`` measure).
+        ``"systematic_proportional"`` (:math:`\pi \propto` the ``nat_sizes`` measure), and the
+        variance-optimal ``"prefix_optimal"``, ``"poisson_optimal"``, ``"systematic_optimal"``
+        (``nat_sizes`` read as a per-token second-moment proxy).
     nat_keep : float, default 0.5
         Expected kept fraction :math:`\kappa \in (0, 1]` of each completion's loss tokens.
         ``1`` reproduces ``GRPOTrainer`` exactly.
@@ -132,6 +134,13 @@ class NATGRPOConfig(GRPOConfig):
         ``"advantage"`` (:math:`|A|`; constant within a row unless the advantages are per token,
         so it matters only for per-token advantages).  Sizes are floored at :math:`10^{-3}` times
         their mean so every token keeps :math:`\pi > 0`.
+    nat_variance_ratio : float, optional
+        :math:`\varepsilon`: choose each generation batch's keep fraction with
+        :class:`~nat_estimators.rl.KappaController` so that NAT adds about
+        :math:`\varepsilon` times the rollout-sampling variance (second-moment proxy
+        :math:`(A\, x)^2`, :math:`x` the ``nat_sizes`` measure or 1; fixed before the draw).
+        ``nat_keep`` is then the upper bound of :math:`\kappa`, ``nat_full_keep`` (at least
+        0.05) the lower.  Each process chooses for its own rows.
     nat_seed : int, default 0
         Seed of the selection generator; process :math:`r` uses ``nat_seed + r``.
     nat_group_rows : bool, default True
@@ -175,6 +184,11 @@ class NATGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": f"Size measure of the proportional designs, one of {SIZE_SOURCES}."},
     )
+    nat_variance_ratio: float | None = field(
+        default=None,
+        metadata={"help": "If set, choose each batch's keep fraction (<= nat_keep) so that NAT "
+                          "adds this fraction of the rollout variance (KappaController)."},
+    )
     nat_seed: int = field(default=0, metadata={"help": "Seed of the NAT selection generator."})
     nat_group_rows: bool = field(
         default=True, metadata={"help": "Prefix: group rows of similar kept length."}
@@ -194,7 +208,7 @@ class NATGRPOConfig(GRPOConfig):
             if not ok:
                 rng = "(0, 1]" if low_open else "[0, 1)"
                 raise ValueError(f"{name} must lie in {rng}, got {v}")
-        proportional = self.nat_design.endswith("_proportional")
+        proportional = needs_sizes(self.nat_design)
         if proportional and self.nat_sizes is None:
             raise ValueError(
                 f"nat_design={self.nat_design!r} draws tokens proportionally to a size measure: "
@@ -209,6 +223,8 @@ class NATGRPOConfig(GRPOConfig):
                     f"nat_sizes is only used by the proportional designs, not "
                     f"nat_design={self.nat_design!r}; leave it None"
                 )
+        if self.nat_variance_ratio is not None:
+            self._nat_controller()  # validates epsilon and the kappa bounds
         if isinstance(self.nat_seed, bool) or not isinstance(self.nat_seed, int):
             raise ValueError(f"nat_seed must be an int, got {self.nat_seed!r}")
         if not isinstance(self.nat_group_rows, bool):
@@ -216,6 +232,15 @@ class NATGRPOConfig(GRPOConfig):
         reasons = _refusals(self)
         if reasons:
             raise ValueError("NATGRPOConfig: " + "; ".join(reasons))
+
+    def _nat_controller(self) -> KappaController:
+        """The keep-fraction controller of ``nat_variance_ratio`` (bounds from the options)."""
+        lo = max(self.nat_full_keep, 0.05) if self.nat_design.startswith("prefix") else 0.05
+        return KappaController(
+            epsilon=self.nat_variance_ratio,  # type: ignore[arg-type]
+            kappa_min=min(lo, self.nat_keep), kappa_max=self.nat_keep, design=self.nat_design,
+            full_keep=self.nat_full_keep, min_keep=self.nat_min_keep,
+        )
 
 
 class _ScoreSelected:
@@ -361,8 +386,18 @@ class NATGRPOTrainer(GRPOTrainer):
             mask = mask & out["tool_mask"].bool()
         a = self.args
         design: str = a.nat_design
+        sizes = self._nat_sizes(out, mask)
+        keep = a.nat_keep
+        if a.nat_variance_ratio is not None:
+            if getattr(self, "_nat_kappa", None) is None:
+                self._nat_kappa = a._nat_controller()
+            adv = out["advantages"].detach().to(torch.float64)
+            adv = adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv
+            x = torch.ones_like(adv) if sizes is None else sizes.to(torch.float64)
+            m2 = torch.where(mask, (adv * x) ** 2, torch.zeros_like(adv))
+            keep = self._nat_kappa.kappa(mask, m2, sizes=sizes)
         return select_tokens(
-            mask, design, a.nat_keep, sizes=self._nat_sizes(out, mask),
+            mask, design, keep, sizes=sizes,
             generator=self._nat_generator, full_keep=a.nat_full_keep, min_keep=a.nat_min_keep,
         )
 
@@ -388,7 +423,7 @@ class NATGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ grouping rows
     def _nat_crops(self) -> bool:
-        return self.args.nat_design == "prefix" and not self._nat_full_forward
+        return self.args.nat_design.startswith("prefix") and not self._nat_full_forward
 
     def _nat_can_group(self, batches: list[dict[str, Any]]) -> bool:
         a = self.args
@@ -464,9 +499,9 @@ class NATGRPOTrainer(GRPOTrainer):
         mm = {k: inputs.get(k) for k in _MM_KEYS}
         saving = not self._nat_full_forward and all(v is None for v in mm.values())
         width = C
-        if saving and self.args.nat_design == "prefix":
+        if saving and self.args.nat_design.startswith("prefix"):
             width = max(int(inputs["nat_crop"].max()), 1)
-        head_only = saving and self.args.nat_design != "prefix"
+        head_only = saving and not self.args.nat_design.startswith("prefix")
         ids = torch.cat([prompt_ids, completion_ids[:, :width]], dim=1)
         am = torch.cat([prompt_mask, completion_mask[:, :width]], dim=1)
         scored_c = torch.ones(B, width, dtype=torch.bool, device=ids.device)

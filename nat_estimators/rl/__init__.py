@@ -33,6 +33,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 
 from ..estimators import ht_weights
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
+from .controller import KappaController, default_second_moment
 from .grpo import (
     BackboneHeadModel,
     GRPOBatch,
@@ -47,7 +48,7 @@ from .grpo import (
 )
 from .heads import token_logprobs
 from .loss import LOSS_MODES, agg_loss, loss_coefficients, openrlhf_mode, resolve_mode
-from .selection import DESIGNS, Selection, select_tokens
+from .selection import DESIGNS, Selection, needs_sizes, select_tokens
 from .stats import LossNormalizers, loss_normalizers
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "GRPOBatch",
     "GRPOConfig",
     "GRPOStepResult",
+    "KappaController",
     "LossNormalizers",
     "MicroBatch",
     "MicroBatchTerms",
@@ -64,6 +66,7 @@ __all__ = [
     "Selection",
     "agg_loss",
     "crop_mask",
+    "default_second_moment",
     "grpo_backward",
     "grpo_micro_batches",
     "grpo_per_token_loss",
@@ -71,6 +74,7 @@ __all__ = [
     "ht_weights",
     "loss_coefficients",
     "loss_normalizers",
+    "needs_sizes",
     "openrlhf_mode",
     "pack_rows",
     "plan_batch",

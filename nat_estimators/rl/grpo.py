@@ -36,7 +36,7 @@ from ._checks import as_bool_mask, check_2d, check_fraction, check_same_shape
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .heads import token_logprobs
 from .loss import _SEQ_LEVEL_MSG, agg_loss, resolve_mode
-from .selection import Selection, _design_names, select_tokens
+from .selection import Selection, _design_names, needs_sizes, select_tokens
 from .stats import LossNormalizers
 
 __all__ = [
@@ -560,7 +560,7 @@ def grpo_backward(
             batch.response_mask,
             config.design,
             config.keep,
-            sizes=batch.sizes if config.design.endswith("_proportional") else None,
+            sizes=batch.sizes if needs_sizes(config.design) else None,
             generator=generator,
             full_keep=config.full_keep,
             min_keep=config.min_keep,

@@ -26,17 +26,33 @@ from ..estimators import ht_weights
 from ..inclusion import _capped_probabilities
 from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weight_dtype
 
-__all__ = ["DESIGNS", "Selection", "select_tokens"]
+__all__ = ["DESIGNS", "Selection", "needs_sizes", "select_tokens"]
 
 _PROPORTIONAL = "_proportional"
+_OPTIMAL = "_optimal"
 
 
 def _design_names() -> tuple[str, ...]:
     """Every registered design (:meth:`Design.registered`) that has ``from_fraction``, then the
-    size-proportional variants ``<name>_proportional`` of those that have ``proportional``."""
+    size-proportional variants ``<name>_proportional`` of those that have ``proportional``, then
+    the variance-optimal variants ``<name>_optimal`` of those that have ``optimal``."""
     reg = Design.registered()
     plain = tuple(n for n, cls in reg.items() if hasattr(cls, "from_fraction"))
-    return plain + tuple(n + _PROPORTIONAL for n in plain if hasattr(reg[n], "proportional"))
+    return (plain + tuple(n + _PROPORTIONAL for n in plain if hasattr(reg[n], "proportional"))
+            + tuple(n + _OPTIMAL for n in plain if hasattr(reg[n], "optimal")))
+
+
+def needs_sizes(design: str) -> bool:
+    """Whether the design name needs per-token ``sizes`` (the ``_proportional`` and ``_optimal``
+    variants).
+
+    Examples
+    --------
+    >>> from nat_estimators.rl import needs_sizes
+    >>> needs_sizes("prefix"), needs_sizes("prefix_optimal"), needs_sizes("poisson_proportional")
+    (False, True, True)
+    """
+    return design.endswith((_PROPORTIONAL, _OPTIMAL))
 
 
 #: Design names :func:`select_tokens` accepts (the designs registered when
@@ -170,6 +186,76 @@ def _proportional_pi(
     return pi
 
 
+def _optimal_pi(
+    cls: type, sizes: torch.Tensor, mask: torch.Tensor, keep: float, full_keep: float
+) -> torch.Tensor:
+    """``cls.optimal`` on the rows with eligible tokens (second moments ``sizes``), 0 elsewhere.
+
+    Prefix: the cut law minimising :math:`\\sum_t (1/S_t - 1) m_t` with floor ``full_keep``;
+    Poisson / systematic: :math:`\\pi \\propto \\sqrt{m_t}` capped at 1.
+    """
+    count = mask.sum(-1)
+    rows = count > 0
+    pi = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
+    if bool(rows.any()):
+        x = sizes[rows].to(torch.float64)
+        opts = {"full_keep": full_keep} if cls is Prefix else {}
+        d = cls.optimal(x, keep, mask=mask[rows], **opts)  # type: ignore[attr-defined]
+        pi = pi.index_put((rows.nonzero()[:, 0],), d.inclusion_probabilities())
+    return pi
+
+
+def _build_design(
+    m: torch.Tensor,
+    design: str,
+    keep: float,
+    *,
+    sizes: torch.Tensor | None = None,
+    full_keep: float = 0.05,
+    min_keep: float = 0.0,
+) -> Design:
+    """The design :func:`select_tokens` draws from for a design name (validated, not drawn)."""
+    names = _design_names()
+    if design not in names:
+        raise ValueError(f"design must be one of {names} or a Design, got {design!r}")
+    kappa = check_fraction(keep, "keep")
+    proportional = design.endswith(_PROPORTIONAL)
+    optimal = design.endswith(_OPTIMAL)
+    if proportional or optimal:
+        if sizes is None:
+            raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
+        if not isinstance(sizes, torch.Tensor) or not sizes.is_floating_point():
+            raise ValueError("sizes must be a floating-point tensor")
+        check_same_shape(sizes, m, "sizes", "response_mask")
+        sizes = sizes.detach()
+        # one pass and two reductions; NaN propagates through amin, so it fails "> 0"
+        lo, hi = torch.aminmax(torch.where(m, sizes, 1.0)) if sizes.numel() else (1, 1)
+        if not (bool(lo > 0) and bool(hi < torch.inf)):
+            raise ValueError(
+                "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
+                "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
+                "sizes.clamp_min(1e-3 * sizes.max())"
+            )
+    elif sizes is not None:
+        raise ValueError(
+            f"sizes is only used by the proportional and optimal designs, not {design!r}"
+        )
+    cls = Design.registered()[design.removesuffix(_PROPORTIONAL).removesuffix(_OPTIMAL)]
+    if proportional:
+        assert sizes is not None
+        # pi in (0, 1] on the mask and 0 off it by construction: skip re-validation
+        d = trusted(cls, pi=_proportional_pi(sizes, m, kappa), mask=m)
+    elif optimal:
+        assert sizes is not None
+        d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep), mask=m)  # type: ignore[call-arg]
+    else:
+        accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
+        options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
+                   if k in accepted}
+        d = cls.from_fraction(kappa, mask=m, **options)  # type: ignore[attr-defined]
+    return d
+
+
 def select_tokens(
     response_mask: torch.Tensor,
     design: str | Design = "prefix",
@@ -193,12 +279,17 @@ def select_tokens(
         ``"simple_random"`` (fixed size :math:`\mathrm{round}(\kappa N_i)`), ``"systematic"``
         (every :math:`1/\kappa`-th token, random start), ``"poisson_proportional"`` /
         ``"systematic_proportional"`` (:math:`\pi \propto` ``sizes``, capped at 1, expected size
-        :math:`\kappa N_i`); or a ready :class:`~nat_estimators.Design` on this mask.
+        :math:`\kappa N_i`), the variance-optimal ``"prefix_optimal"`` / ``"poisson_optimal"`` /
+        ``"systematic_optimal"`` (``sizes`` read as per-token second moments: the optimal cut law
+        of :meth:`Prefix.optimal <nat_estimators.Prefix.optimal>`, :math:`\pi \propto
+        \sqrt{\text{sizes}}` capped at 1); or a ready :class:`~nat_estimators.Design` on this
+        mask.
     keep : float, default 0.5
         Expected keep fraction :math:`\kappa \in (0, 1]` per row (ignored for a ready design).
     sizes : torch.Tensor, shape (B, T), optional
-        Size measures for the proportional designs (e.g. old-policy entropy, :math:`|A|`); finite
-        and > 0 on eligible tokens.  Detached.
+        Size measures for the proportional designs (e.g. old-policy entropy, :math:`|A|`), or
+        second-moment proxies for the optimal designs (e.g. :math:`(|A| H)^2`); finite and > 0 on
+        eligible tokens, fixed before the draw.  Detached.
     generator : torch.Generator, optional
         On the mask's device; the same generator state gives the same selection.  ``None`` uses
         torch's global generator.
@@ -261,38 +352,7 @@ def select_tokens(
         if sizes is not None:
             raise ValueError("sizes is only used when the design is given by name")
     else:
-        names = _design_names()
-        if design not in names:
-            raise ValueError(f"design must be one of {names} or a Design, got {design!r}")
-        kappa = check_fraction(keep, "keep")
-        proportional = design.endswith(_PROPORTIONAL)
-        if proportional:
-            if sizes is None:
-                raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
-            if not isinstance(sizes, torch.Tensor) or not sizes.is_floating_point():
-                raise ValueError("sizes must be a floating-point tensor")
-            check_same_shape(sizes, m, "sizes", "response_mask")
-            sizes = sizes.detach()
-            # one pass and two reductions; NaN propagates through amin, so it fails "> 0"
-            lo, hi = torch.aminmax(torch.where(m, sizes, 1.0)) if sizes.numel() else (1, 1)
-            if not (bool(lo > 0) and bool(hi < torch.inf)):
-                raise ValueError(
-                    "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
-                    "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
-                    "sizes.clamp_min(1e-3 * sizes.max())"
-                )
-        elif sizes is not None:
-            raise ValueError(f"sizes is only used by the proportional designs, not {design!r}")
-        cls = Design.registered()[design.removesuffix(_PROPORTIONAL)]
-        if proportional:
-            assert sizes is not None
-            # pi in (0, 1] on the mask and 0 off it by construction: skip re-validation
-            d = trusted(cls, pi=_proportional_pi(sizes, m, kappa), mask=m)
-        else:
-            accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
-            options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
-                       if k in accepted}
-            d = cls.from_fraction(kappa, mask=m, **options)  # type: ignore[attr-defined]
+        d = _build_design(m, design, keep, sizes=sizes, full_keep=full_keep, min_keep=min_keep)
     if generator is None:
         u = torch.rand(d.uniform_shape, dtype=torch.float64, device=dev)
         sample = d.sample(u)

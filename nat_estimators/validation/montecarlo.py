@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 import nat_estimators as nat
-from nat_estimators.rl import LossNormalizers, ht_weights, loss_coefficients, select_tokens
+from nat_estimators.rl import (
+    LossNormalizers,
+    ht_weights,
+    loss_coefficients,
+    needs_sizes,
+    select_tokens,
+)
 
 from .harness import CANONICAL_MODES, CONST_LEN, DTYPE, FULL_KEEP, KEEP, Case
 
@@ -84,7 +90,7 @@ def draw_projections(
     B, W = rm.shape
     dev = rm.device
     g = torch.Generator(device=dev).manual_seed(seed)
-    sizes = case.batch.sizes if design.endswith("_proportional") else None
+    sizes = case.batch.sizes if needs_sizes(design) else None
     out: dict[tuple[str, str], list[np.ndarray]] = {}
     n_sel = 0.0
     done = 0

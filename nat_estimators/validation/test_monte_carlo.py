@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import torch
 
-from nat_estimators.rl import LossNormalizers, loss_coefficients
+from nat_estimators.rl import LossNormalizers, loss_coefficients, needs_sizes
 
 from . import harness as H
 from . import montecarlo as MC
@@ -76,7 +76,7 @@ def test_pipeline_matches(world, policy, design):
     B = rm.shape[0]
     r = PIPELINE_CHECK_DRAWS
     gen = torch.Generator(device=rm.device).manual_seed(7 + H.DESIGN_NAMES.index(design))
-    sizes = case.batch.sizes if design.endswith("_proportional") else None
+    sizes = case.batch.sizes if needs_sizes(design) else None
     from nat_estimators.rl import select_tokens
 
     sel_all = select_tokens(rm.repeat(r, 1), design, H.KEEP,

@@ -35,8 +35,11 @@ EXACT_TARGETS = (3, 8, 13, 19, 24, 30)
 EXACT_GROUP = 4
 EXACT_SEED = 0
 EXACT_MAX_NEW = 8
-CUT_DESIGNS = ("prefix", "systematic", "systematic_proportional")  # <= N + 1 outcomes per row
-SUBSET_DESIGNS = ("poisson", "poisson_proportional", "simple_random")  # subsets of short rows
+# <= N + 1 outcomes per row
+CUT_DESIGNS = ("prefix", "systematic", "systematic_proportional", "prefix_optimal",
+               "systematic_optimal")
+# subsets of short rows
+SUBSET_DESIGNS = ("poisson", "poisson_proportional", "simple_random", "poisson_optimal")
 EXACT_MAX_TOKENS = 16  # micro-batch budget in the exact proofs (several micro-batches)
 
 # Monte Carlo: 60 rows (15 targets x group 4): 2-9 answer tokens (transformer), 3-17 (GRU)
