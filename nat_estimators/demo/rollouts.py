@@ -74,14 +74,14 @@ class _KVCache:
     TransformerBlock` blocks on unpadded prompts: the keys and values of every past position are
     kept, so each new token costs one position's forward (plus attention over the past)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.t = 0
 
     def _run(self, ids: torch.Tensor, causal: bool) -> torch.Tensor:
-        m = self.model
+        m: Any = self.model
         B, S = ids.shape
         pos = torch.arange(self.t, self.t + S, device=ids.device)
         if self.t + S > m.pos.num_embeddings:
