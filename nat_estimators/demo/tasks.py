@@ -168,7 +168,12 @@ class ModularWalk:
         return 3
 
     def sample_prompts(
-        self, n: int, /, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        n: int,
+        /,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` prompts ``[STRIDE_c, s_0, SEP]`` (int64 (n, 3)) and their lengths (int64 (n,)).
 
@@ -203,7 +208,9 @@ class ModularWalk:
                                                                         responses.shape[-1])
         return ok.sum(-1).float() / lengths.float()
 
-    def noise_rate(self, width: int, /, *, device: torch.device | str | None = None) -> torch.Tensor:
+    def noise_rate(
+        self, width: int, /, *, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Error rate of the demonstrations at steps ``1 .. width``, float64 (width,)."""
         t = torch.arange(width, dtype=torch.float64, device=device)
         frac = t / max(self.max_len - 1, 1)
