@@ -203,11 +203,11 @@ class TrainingSetup:
     """
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    steps: int = 60
+    steps: int = 30
     prompts: int = 8
     group: int = 4
     min_len: int = 64
-    max_len: int = 192
+    max_len: int = 160
     d_model: int = 64
     n_heads: int = 2
     n_layers: int = 2
@@ -217,10 +217,10 @@ class TrainingSetup:
     lr: float = 1e-3
     max_grad_norm: float = 1.0
     token_budget: int = 4096
-    variance_every: int = 5
+    variance_every: int = 10
     directions: int = 3
     mc_draws: int = 32
-    memory_every: int = 10
+    memory_every: int = 15
     eval_prompts: int = 128
     margin: float = 0.03
     target: float = 0.8
@@ -234,8 +234,8 @@ class TrainingSetup:
     @classmethod
     def quick(cls) -> TrainingSetup:
         """A few minutes: 2 seeds, shorter answers and fewer steps."""
-        return cls(seeds=(0, 1), steps=16, min_len=32, max_len=96, warm_steps=100,
-                   eval_prompts=64, variance_every=4, memory_every=8)
+        return cls(seeds=(0, 1), steps=12, min_len=32, max_len=96, warm_steps=100,
+                   eval_prompts=64, variance_every=4, memory_every=6)
 
     @classmethod
     def tiny(cls) -> TrainingSetup:

@@ -135,7 +135,7 @@ def write_page(result: dict[str, Any], page: Path | str) -> None:
     files = _figures(result, page.with_suffix(""))
     v = verdicts(result)
     n = len(seeds)
-    quick = st["steps"] < 40 or n < 5
+    quick = st["steps"] < 30 or n < 5
     m = result["machine"]
     L = []
     L.append("# Training with token subsampling: GRPO on a long-answer task\n")

@@ -33,7 +33,7 @@ def group_advantages(rewards: torch.Tensor, group: int, /, *, eps: float = 1e-6)
     >>> import torch
     >>> from nat_estimators.demo.rollouts import group_advantages
     >>> group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2).tolist()
-    [0.7071062922477722, -0.7071062922477722, 0.0, 0.0]
+    [0.7071057558059692, -0.7071057558059692, 0.0, 0.0]
     """
     if group < 2 or rewards.ndim != 1 or rewards.shape[0] % group:
         raise ValueError(

@@ -66,7 +66,7 @@ class DigitSum:
     >>> resp = torch.tensor([[3, 4, 10], [9, 9, 10]])
     >>> task.reward(torch.tensor([7, 23]), resp, torch.tensor([3, 3]),
     ...             torch.tensor([True, True])).tolist()
-    [1.0, 0.30434781312942505]
+    [1.0, 0.3913043439388275]
     """
 
     eos: int = 10
