@@ -146,6 +146,7 @@ __all__ = [
     "TrainingSetup",
     "arm_update",
     "logprob_jvp",
+    "paired_t_p",
     "run_seed",
     "run_training",
     "summarise",
@@ -543,6 +544,17 @@ def tost_paired(diffs: list[float], margin: float) -> float:
     return max(1 - _t_cdf((m + margin) / se, n - 1), _t_cdf((m - margin) / se, n - 1))
 
 
+def paired_t_p(diffs: list[float]) -> float:
+    """Two-sided p-value of the paired t test of a zero mean difference (nan below 2 pairs)."""
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    m, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        return 1.0 if m == 0 else 0.0
+    return 2 * (1 - _t_cdf(abs(m) / (sd / math.sqrt(n)), n - 1))
+
+
 def _moving_average(xs: list[float], w: int) -> list[float]:
     return [statistics.fmean(xs[max(0, i - w + 1): i + 1]) for i in range(len(xs))]
 
@@ -564,8 +576,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         m, ci = mean_ci95(finals)
         out[f"{name}/final_reward"] = m
         out[f"{name}/final_reward_ci95"] = ci
-        out[f"{name}/tost_p"] = tost_paired(
-            [a["final_reward"] - f["final_reward"] for a, f in per], setup.margin)
+        diffs = [a["final_reward"] - f["final_reward"] for a, f in per]
+        out[f"{name}/tost_p"] = tost_paired(diffs, setup.margin)
+        dm, dci = mean_ci95(diffs)
+        out[f"{name}/final_reward_diff"] = dm
+        out[f"{name}/final_reward_diff_ci95"] = dci
+        out[f"{name}/diff_p"] = paired_t_p(diffs)
         ratios = [x / y for a, f in per for x, y in zip(a["fwd_bwd_s"], f["fwd_bwd_s"],
                                                          strict=True)]
         out[f"{name}/time_ratio"] = statistics.median(ratios)
@@ -659,7 +675,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None, help="write records and summary here")
     ap.add_argument("--page", type=Path, default=None,
                     help="write the results page (markdown, figures beside it)")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="no training: recompute the summary (and --json, --page) from the "
+                         "records of an earlier run")
     args = ap.parse_args(argv)
+    if args.from_json is not None:
+        result = json.loads(args.from_json.read_text())
+        result["summary"] = summarise(result)
+        print(format_table(result))
+        _write(result, args.json, args.page)
+        return
     torch.set_num_threads(1)
     setup = TrainingSetup.quick() if args.quick else TrainingSetup.full()
     if args.seeds is not None:
@@ -672,13 +697,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv)
     print(format_table(result))
     print(f"wall time {result['wall_s']:.0f} s")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
-    if args.page is not None:
+    _write(result, args.json, args.page)
+
+
+def _write(result: dict[str, Any], json_path: Path | None, page: Path | None) -> None:
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
+    if page is not None:
         from benchmarks.training_report import write_page
 
-        write_page(result, args.page)
+        write_page(result, page)
 
 
 if __name__ == "__main__":
