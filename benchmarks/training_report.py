@@ -51,8 +51,10 @@ def _figures(result: dict[str, Any], stem: Path) -> dict[str, str]:
         m, h = _mean_band(_curves(result, a, "reward"))
         x = list(range(1, len(m) + 1))
         ax1.plot(x, m, styles[a], color=colours[a], label=a, lw=1.4)
-        ax1.fill_between(x, [u - v for u, v in zip(m, h, strict=True)],
-                         [u + v for u, v in zip(m, h, strict=True)], color=colours[a], alpha=0.12)
+        # rewards lie in [0, 1]: the band is clipped there
+        ax1.fill_between(x, [max(0.0, u - v) for u, v in zip(m, h, strict=True)],
+                         [min(1.0, u + v) for u, v in zip(m, h, strict=True)],
+                         color=colours[a], alpha=0.12)
         cum = [[sum(r[: i + 1]) for i in range(len(r))] for r in _curves(result, a, "fwd_bwd_s")]
         tm = [statistics.fmean(c) for c in zip(*cum, strict=True)]
         ax2.plot(tm, m, styles[a], color=colours[a], label=a, lw=1.4)
@@ -84,7 +86,8 @@ def _figures(result: dict[str, Any], stem: Path) -> dict[str, str]:
                 label="warm start")
     ax1.set_yticks(list(y), arms)
     ax1.invert_yaxis()
-    ax1.set_xlabel("final reward (evaluation set), mean ± 95% CI")
+    ax1.set_xlim(0.0, 1.0)
+    ax1.set_xlabel("final reward (evaluation set), mean ± 95% CI (clipped to [0, 1])")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ratios = [s[f"{a}/variance_ratio"] for a in arms]
@@ -224,7 +227,8 @@ def write_page(result: dict[str, Any], page: Path | str) -> None:
     for a in st["arms"]:
         L.append(
             f"| `{a}` | {_f(s[a + '/final_reward'])} | {_f(s[a + '/final_reward_ci95'])} | "
-            f"{_f(s[a + '/tost_p'])} | {_f(s[a + '/time_ratio'])} | "
+            f"{'reference' if a == 'full' else _f(s[a + '/tost_p'])} | "
+            f"{_f(s[a + '/time_ratio'])} | "
             f"{_f(s[a + '/token_ratio'])} | {_f(s[a + '/forward_token_ratio'])} | "
             f"{_f(s[a + '/peak_memory_ratio'])} | {_f(s[a + '/variance_ratio'])} | "
             f"{_f(s[a + '/bias_ratio'])} | {s[a + '/reached_target']}/{n} | "
