@@ -181,3 +181,22 @@ def test_tost_accepts_equal_and_rejects_shifted() -> None:
     assert tr.tost_paired(same, 0.03) < 0.05
     shifted = [x + 0.05 for x in same]
     assert tr.tost_paired(shifted, 0.03) > 0.5
+
+
+def test_ht_arm_gradient_is_the_weighted_projection() -> None:
+    """The prefix arm's update (grpo_backward on the padding-free VarlenCausalLM view) projected
+    on a direction equals sum c_it w_it d_it with the selection's HT weights: the same per-token
+    terms whose design variance the benchmark reports."""
+    setup, model, batch = _fixed_batch(2)
+    arm = tr.ARM_BY_NAME["prefix@0.5"]
+    b, sel, cfg = tr.arm_update(arm, batch, setup, torch.Generator().manual_seed(5))
+    model.zero_grad(set_to_none=True)
+    grpo_backward(tr.VarlenCausalLM(model), b, cfg, selection=sel)
+    names = [n for n, _ in model.named_parameters()]
+    g = torch.cat([dict(model.named_parameters())[n].grad.flatten() for n in names])
+    c = tr.loss_coefficients(batch.response_mask, tr.LOSS_MODE,
+                             weights=sel.weights.double(), dtype=torch.float64)
+    for v in tr.random_directions(model, 2, 1):
+        vv = torch.cat([v[n].flatten() for n in names])
+        d = -batch.advantages[:, None].double() * tr.logprob_jvp(model, batch, v)
+        torch.testing.assert_close((c * d).sum(), (vv * g).sum(), rtol=1e-6, atol=1e-10)
