@@ -493,7 +493,7 @@ def build_markdown(
             L.append("")
 
     # ---- samplers
-    srat = {k: v for k, v in r.items() if not k.startswith(("rpc_", "urs_"))}
+    srat = {k: v for k, v in r.items() if not k.startswith(("rpc_", "urs_", "select_", "pack_"))}
     if srat or any(x.get("section") == "samplers" for x in out["records"]):
         L.append("## Samplers")
         L.append("")
@@ -525,6 +525,17 @@ def build_markdown(
         for x in out["records"]:
             if x.get("section") == "samplers" and x.get("skipped"):
                 L.append(f"\nNote: {x['note']}")
+        L.append("")
+
+    # ---- select_tokens / pack_rows at batch scale
+    if any(x.get("section") == "rl_selection" for x in out["records"]):
+        from benchmarks.rl_selection import format_table as rl_table
+
+        L.append("## RL selection at batch scale")
+        L.append("")
+        L.append("```")
+        L.append(rl_table(out))
+        L.append("```")
         L.append("")
 
     for x in out["records"]:

@@ -12,6 +12,9 @@ ratios can be checked.  Sections:
   beside the paper's 0.71 / 0.82.
 * **Samplers** (:mod:`benchmarks.samplers`): batch draws on numpy and torch, speed-ups against R's
   ``sampling`` package.
+* **RL selection at batch scale** (:mod:`benchmarks.rl_selection`): every ``select_tokens``
+  design and ``pack_rows`` against the uniform Poisson design, 4096 x 8192 (``--quick``:
+  256 x 8192).
 * ``benchmarks/variance.py`` exposes no function returning ratios; the full run calls it as a
   subprocess and keeps its output in a record, ``--quick`` skips it with a note.
 
@@ -139,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-nat", action="store_true", help="skip the NAT step section")
     p.add_argument("--skip-samplers", action="store_true", help="skip the sampler section")
     p.add_argument("--no-r", action="store_true", help="skip the comparisons with R")
+    p.add_argument(
+        "--skip-rl-selection", action="store_true",
+        help="skip select_tokens / pack_rows at batch scale (4096 x 8192: ~4 GiB, minutes)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -201,6 +208,16 @@ def main(argv: list[str] | None = None) -> int:
                 if rec.get("name") == "R/version":
                     machine["R_sampling"] = rec.get("R")
                 records.append(rec)
+
+    if not args.skip_rl_selection:
+        from benchmarks.rl_selection import run_rl_selection_benchmarks
+
+        _log(f"[rl_selection] quick={args.quick}")
+        rl = run_rl_selection_benchmarks(
+            args.quick, device=str(dev), clock="wall" if dev.type == "cuda" else "cpu"
+        )
+        ratios.update(rl["ratios"])
+        records.extend(rl["records"])
 
     if args.quick:
         records.append(

@@ -16,7 +16,12 @@ from .random import uniforms
 from .simple_random import SimpleRandom
 from .summary import DesignSummary, design_summary
 from .systematic import Systematic
-from .variance import BiasedVarianceEstimateWarning, design_variance, variance_estimate
+from .variance import (
+    BiasedVarianceEstimateWarning,
+    HajekLinearizationWarning,
+    design_variance,
+    variance_estimate,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -24,6 +29,7 @@ __all__ = [
     "BiasedVarianceEstimateWarning",
     "Design",
     "DesignSummary",
+    "HajekLinearizationWarning",
     "Poisson",
     "Prefix",
     "SimpleRandom",

@@ -38,8 +38,8 @@ import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ._compat import Array, device_of, float64_or_best, is_floating, namespace
-from ._validation import prepare_pi_and_mask, trusted
+from ._compat import Array, device_of, float64_or_best, is_floating, namespace, on_other_device
+from ._validation import any_true, prepare_pi_and_mask, trusted
 from .random import RNGLike, uniforms
 
 __all__ = ["Design"]
@@ -80,6 +80,9 @@ class Design(abc.ABC):
     name: ClassVar[str] = ""
     #: Extra hint appended to the error of the dense paths when a batch is too large for them.
     _dense_hint: ClassVar[str] = ""
+    #: Whether the linearized variance of the Hájek mean is valid (many independent draws per
+    #: row); ``False`` makes ``variance_estimate(..., estimator="hajek")`` warn.
+    _hajek_linearizes: ClassVar[bool] = True
 
     def __init_subclass__(cls, *, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -191,11 +194,11 @@ class Design(abc.ABC):
                 f"u has shape {tuple(u.shape)} but this design consumes uniforms of shape "
                 f"{tuple(self.uniform_shape)} (see .uniform_shape)"
             )
-        if device_of(u) != self.device:
+        if on_other_device(u, self.device):
             raise ValueError(
                 f"u is on device {device_of(u)} but the design's arrays are on {self.device}"
             )
-        if bool(xp.any(~((u >= 0) & (u < 1)))):
+        if any_true(xp, ~((u >= 0) & (u < 1))):
             raise ValueError("u must contain uniforms in [0, 1) (no NaN)")
         return self._sample(u)
 
@@ -230,7 +233,13 @@ class Design(abc.ABC):
         if not self.batch_shape:
             raise ValueError("rows() needs a design with a leading row axis (a batch of rows)")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        return trusted(type(self), **{k: v[index, ...] for k, v in fields.items()})
+        try:
+            return trusted(type(self), **{k: v[index, ...] for k, v in fields.items()})
+        except IndexError:
+            raise IndexError(
+                f"rows({index!r}): index out of range for a design with {self.batch_shape[0]} "
+                "rows on its leading axis"
+            ) from None
 
     def max_weight(self) -> Array:
         r"""Largest Horvitz–Thompson weight :math:`\max_k 1/\pi_k` over eligible tokens per row.
@@ -262,6 +271,16 @@ class Design(abc.ABC):
         HT total is exactly 0).
         """
         return None
+
+    def _refuse_impossible(self, sample: Array) -> None:
+        """Raise ``ValueError`` if ``sample`` is a sample this design never draws.
+
+        ``sample`` is a validated boolean ``(..., N)`` subset of :attr:`mask`.  A variance
+        estimate from a sample of probability 0 is meaningless (and can be infinite), so
+        :func:`~nat_estimators.variance_estimate` refuses it.  Default: every subset of the
+        eligible units is possible.
+        """
+        del sample
 
     def _row_support(self, row: int) -> list[tuple[float, Any]]:
         """Every outcome of row ``row`` (an index of the first axis) as ``(probability, u)``.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, device_of, is_array, is_floating, namespace
+from ._compat import Array, device_of, is_array, is_floating, namespace, on_other_device
 
 __all__ = ["Units", "align_units", "quiet_float_errors"]
 
@@ -51,7 +52,13 @@ class Units:
         return self.xp.reshape(c, (*self.batch_shape, *self.value_shape, *self.value_shape))
 
 
-def align_units(y: Any, axis: int, unit_shape: tuple[int, ...] | None, *others: Any) -> Units:
+def align_units(
+    y: Any,
+    axis: int,
+    unit_shape: tuple[int, ...] | None,
+    *others: Any,
+    names: tuple[str, ...] | None = None,
+) -> Units:
     """Validate ``y`` against the expected ``(*batch, N)`` unit shape and flatten value axes.
 
     Parameters
@@ -64,14 +71,17 @@ def align_units(y: Any, axis: int, unit_shape: tuple[int, ...] | None, *others: 
         Expected ``y.shape[:axis + 1]`` (the shape of the mask / the design's arrays).
     others : arrays
         Other arrays of the call (for namespace inference).
+    names : tuple of str, optional
+        The names of ``others`` (for the error on arrays from different libraries).
     """
     if not is_array(y):
         raise TypeError(f"y must be an array, got {type(y).__name__}")
-    xp = namespace(y, *others)
+    xp = namespace(y, *others, names=("y", *names) if names is not None else None)
     if not is_floating(xp, y):
         raise ValueError(f"y must have a real floating dtype, got {y.dtype}")
-    if isinstance(axis, bool) or not isinstance(axis, int):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = int(axis)  # numpy integers are fine
     nd = y.ndim
     if not -nd <= axis < nd:
         raise ValueError(f"axis={axis} is out of range for y with {nd} dimension(s)")
@@ -84,7 +94,7 @@ def align_units(y: Any, axis: int, unit_shape: tuple[int, ...] | None, *others: 
             f"(axis={axis})"
         )
     for o in others:
-        if o is not None and is_array(o) and device_of(o) != device_of(y):
+        if o is not None and is_array(o) and on_other_device(o, device_of(y)):
             raise ValueError(
                 f"arrays live on different devices ({device_of(y)} and {device_of(o)}); "
                 "move them to one device first"

@@ -3,6 +3,12 @@ r"""Input checks shared by the designs and estimators, and the validated constru
 Every check raises :class:`ValueError` (or :class:`TypeError` for a wrong kind of object) with a
 message that names the argument, says what was wrong and what to do.  Checks reduce to Python
 bools, so on an accelerator they synchronise once per check.
+
+Every check of array *values* goes through :func:`any_true`, which reads values only from
+concrete arrays: under a JAX transformation (``jax.jit``, ``jax.grad``, ``jax.vmap``) the arrays
+are tracers, the value checks are skipped and the caller's inputs are trusted (as in
+``array-api-extra``).  Checks of types, dtypes and shapes always run.  Run a function once
+eagerly to have its inputs checked.
 """
 
 from __future__ import annotations
@@ -11,10 +17,22 @@ import math
 import numbers
 from typing import Any
 
-from ._compat import Array, device_of, is_array, is_floating, namespace
+from ._compat import (
+    Array,
+    at_least_float32,
+    device_of,
+    is_array,
+    is_floating,
+    is_half,
+    is_traced,
+    namespace,
+    on_other_device,
+)
 
 __all__ = [
+    "any_true",
     "check_bool_mask",
+    "check_finite_result",
     "check_float_array",
     "check_fraction",
     "check_probabilities",
@@ -24,6 +42,17 @@ __all__ = [
     "resolve_mask",
     "trusted",
 ]
+
+
+def any_true(xp: Any, cond: Array) -> bool:
+    """``bool(xp.any(cond))`` for a concrete ``cond``; ``False`` for a traced one (trusted).
+
+    The one guard of every value check: under a JAX transformation ``cond`` is a tracer whose
+    values cannot be read, and the check is skipped.
+    """
+    if is_traced(cond):
+        return False
+    return bool(xp.any(cond))
 
 
 def check_float_array(xp: Any, a: Any, name: str) -> Array:
@@ -83,18 +112,33 @@ def check_probabilities(
     """
     # one pass on the happy path (NaN fails both comparisons); diagnose only on failure
     ok = (pi > 0) & (pi <= 1) if not allow_zero else (pi >= 0) & (pi <= 1)
-    if not bool(xp.any(eligible & ~ok)):
+    if not any_true(xp, eligible & ~ok):
         return
     bad = eligible & ~xp.isfinite(pi)
-    if bool(xp.any(bad)):
+    if any_true(xp, bad):
         raise ValueError(f"{name} contains NaN or Inf at eligible positions; all must be finite")
-    if bool(xp.any(eligible & ((pi < 0) | (pi > 1)))):
+    if any_true(xp, eligible & ((pi < 0) | (pi > 1))):
         raise ValueError(f"{name} must lie in [0, 1] at eligible positions; found values outside")
     raise ValueError(
         f"{name} is 0 at an eligible position: that token could never be sampled and its "
         "Horvitz–Thompson weight 1/pi would be infinite. Mark it ineligible with mask=, or "
         "give it a positive probability (e.g. add a small floor to the size measure)."
     )
+
+
+def check_finite_result(xp: Any, out: Array, what: str) -> Array:
+    """A result computed from finite inputs must be finite: otherwise it overflowed its dtype.
+
+    Raises instead of returning Inf (or the NaN of Inf - Inf) quietly.
+    """
+    if any_true(xp, ~xp.isfinite(out)):
+        raise ValueError(
+            f"{what} overflows {out.dtype} (largest finite value {xp.finfo(out.dtype).max:.3g}): "
+            "the inputs are finite but the result is not representable — tiny inclusion "
+            "probabilities make 1/pi and its square huge. Pass y and pi (or the design's "
+            "probabilities) in float64"
+        )
+    return out
 
 
 def check_fraction(v: Any, name: str, *, low_open: bool = True) -> float:
@@ -118,6 +162,13 @@ def check_scalar_or_row_array(xp: Any, v: Any, name: str, batch_shape: tuple[int
             raise ValueError(f"{name} must be finite, got {v}")
         return v
     if is_array(v):
+        if namespace(v) is not xp:
+            raise TypeError(
+                f"{name} is a {type(v).__module__.split('.')[0]} {type(v).__name__} but the other "
+                "arrays of the call come from another array library; convert it first"
+            )
+        if not (xp.isdtype(v.dtype, "real floating") or xp.isdtype(v.dtype, "integral")):
+            raise ValueError(f"{name} must have a real (integer or floating) dtype, got {v.dtype}")
         if v.ndim > len(batch_shape) or any(
             s not in (1, b) for s, b in zip(v.shape[::-1], batch_shape[::-1], strict=False)
         ):
@@ -147,7 +198,7 @@ def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) 
     if mask is None:
         return xp.ones(shape, dtype=xp.bool, device=dev)
     mask = check_bool_mask(xp, mask, "mask", shape=shape)
-    if device_of(mask) != dev:
+    if on_other_device(mask, dev):
         raise ValueError(
             f"mask is on device {device_of(mask)} but pi is on {dev}; move one of them"
         )
@@ -157,10 +208,14 @@ def resolve_mask(xp: Any, mask: Array | None, shape: tuple[int, ...], dev: Any) 
 def prepare_pi_and_mask(pi: Array, mask: Array | None) -> tuple[Any, Array, Array]:
     """Validate ``pi`` in (0, 1] on eligible positions; return ``(xp, pi_clean, mask)``.
 
-    ``pi_clean`` is ``pi`` with exact zeros at ineligible positions.
+    ``pi_clean`` is ``pi`` with exact zeros at ineligible positions, in at least float32 (a
+    half-precision ``pi`` is widened exactly: sums and reciprocals of it are not formed in half
+    precision).
     """
-    xp = namespace(pi, mask)
+    xp = namespace(pi, mask, names=("pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
+    if is_half(xp, pi.dtype):
+        pi = xp.astype(pi, at_least_float32(xp, pi.dtype))
     if pi.shape[-1] == 0:
         raise ValueError("pi has an empty token axis; there must be at least one token position")
     mask = resolve_mask(xp, mask, tuple(pi.shape), device_of(pi))

@@ -13,10 +13,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, is_torch_namespace
+from ._compat import Array, at_least_float32, device_of, eager_eval, is_torch_namespace
 from ._design import Design
 from ._units import Units, align_units
-from ._validation import check_bool_mask
+from ._validation import any_true, check_bool_mask
 
 
 class BiasedVarianceEstimateWarning(UserWarning):
@@ -38,6 +38,35 @@ class BiasedVarianceEstimateWarning(UserWarning):
     ...     warnings.simplefilter("always")
     ...     v = nat.variance_estimate(np.arange(4.0), d.sample(np.array(0.25)), d)
     >>> caught[0].category is nat.BiasedVarianceEstimateWarning
+    True
+    """
+
+
+class HajekLinearizationWarning(BiasedVarianceEstimateWarning):
+    r"""The linearized variance of the Hájek mean is used where the linearization fails.
+
+    ``variance_estimate(..., estimator="hajek")`` estimates :math:`V(\bar y_H)` from the
+    first-order (Taylor) expansion :math:`\bar y_H - \bar y \approx \hat Z / N`, which holds
+    when a row's sample is made of many roughly independent draws (Särndal, Swensson & Wretman
+    1992, §5.7).  Under prefix cutting one uniform decides the whole row, the expansion does not
+    hold, and the estimate is far too small: by exact enumeration its expectation is 0.02–0.15
+    of the true variance (rows of 10–2000 tokens; see :doc:`/theory/hajek`).  Use
+    ``estimator="ht"`` (the variance of the unbiased HT total, or of :math:`\hat Y/N`), or a
+    design with independent draws (Poisson, SimpleRandom, Systematic) when the Hájek mean's
+    variance is needed.
+
+    A subclass of :class:`BiasedVarianceEstimateWarning`: a filter on that one catches this too.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> import nat_estimators as nat
+    >>> d = nat.Prefix(np.array([1.0, 0.75, 0.5, 0.25]))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     v = nat.variance_estimate(np.arange(4.0), d.sample(np.array(0.6)), d, estimator="hajek")
+    >>> caught[0].category is nat.HajekLinearizationWarning
     True
     """
 
@@ -165,10 +194,11 @@ class _Rows:
 def _rows(y: Array, design: Design, axis: int, extra: tuple[Array, ...] = ()) -> _Rows:
     if not isinstance(design, Design):
         raise TypeError(f"design must be a nat_estimators design, got {type(design).__name__}")
-    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask)
+    names = ("sample",) * len(extra) + ("design.mask",)
+    u = align_units(y, axis, tuple(design.mask.shape), *extra, design.mask, names=names)
     xp = u.xp
     pi = design.inclusion_probabilities()
-    dt = xp.result_type(u.y.dtype, pi.dtype)
+    dt = at_least_float32(xp, xp.result_type(u.y.dtype, pi.dtype))
     n_rows = 1
     for b in u.batch_shape:
         n_rows *= int(b)
@@ -186,21 +216,31 @@ def _weights(xp: Any, pi: Array, sel: Array) -> Array:
 
 
 
-#: Largest dense (rows x N x N) joint-probability array the dense paths will build.
-_DENSE_LIMIT = 2**27
+#: Largest dense (rows x N x N) joint-probability array the dense paths will build.  Measured
+#: (numpy, float64, tracemalloc): the dense paths hold about 5.5 arrays of that size at their
+#: peak (systematic variance_estimate: 5.3; design_variance(method="dense"): 3.0-4.1), so the
+#: limit keeps an allowed call below ~0.7 GiB and a few seconds of CPU (N = 4096 for one row:
+#: 0.66 GiB and 3.6 s of CPU time for systematic variance_estimate, 0.5 GiB and 1.1 s for its
+#: dense design_variance).  At the former limit of 2**27 an allowed N = 11000 call took 5.1 GiB
+#: and 19 s.
+_DENSE_LIMIT = 2**24
+#: Arrays of the dense size alive at the peak of a dense path (measured, see above).
+_DENSE_PEAK_ARRAYS = 5.5
 
 
 def _check_dense_size(r: _Rows, design: Design, what: str) -> None:
     n = int(r.y.shape[1])
     size = r.n_rows * n * n
     if size > _DENSE_LIMIT:
-        gib = size * 8 / 2**30
+        gib = _DENSE_PEAK_ARRAYS * size * 8 / 2**30
+        cap = _DENSE_PEAK_ARRAYS * _DENSE_LIMIT * 8 / 2**30
         hint = design._dense_hint
         raise ValueError(
             f"{what} for {type(design).__name__} needs the dense {r.n_rows} x {n} x {n} joint "
-            f"inclusion probabilities (~{gib:.1f} GiB in float64), above the "
-            f"{_DENSE_LIMIT:,}-entry limit of the dense path; split the batch into fewer rows "
-            f"or shorter rows.{hint}"
+            f"inclusion probabilities: {size:,} entries, about {gib:.1f} GiB of float64 at the "
+            f"peak (~{_DENSE_PEAK_ARRAYS:g} arrays of that size), above the dense path's limit "
+            f"of {_DENSE_LIMIT:,} entries (~{cap:.1f} GiB, a few seconds); split the batch into "
+            f"fewer rows or shorter rows.{hint}"
         )
 
 
@@ -221,7 +261,7 @@ def _var_dense(r: _Rows, y: Array, design: Design, cov: bool) -> Array:
 
 def _check_sample(xp: Any, sample: Array, design: Design) -> Array:
     check_bool_mask(xp, sample, "sample", shape=tuple(design.mask.shape))
-    if bool(xp.any(sample & ~design.mask)):
+    if any_true(xp, sample & ~design.mask):
         raise ValueError(
             "sample selects units that are not eligible in the design; it must be a subset of "
             "design.mask — pass a sample drawn from this design"
@@ -234,11 +274,21 @@ def _est_dense(r: _Rows, y: Array, s: Array, design: Design, method: str, cov: b
     dt = r.pi.dtype
     n = int(y.shape[1])
     _check_dense_size(r, design, f"variance_estimate(method={method!r})")
-    p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
+    # a design built outside a JAX trace stays readable inside it: the warning below still fires
+    with eager_eval(xp):
+        p2 = xp.reshape(xp.astype(design.joint_inclusion_probabilities(), dt), (r.n_rows, n, n))
+        m = xp.reshape(design.mask, (r.n_rows, n))
+        elig = m[:, :, None] & m[:, None, :]
+        zero_pairs = any_true(xp, elig & (p2 <= 0))
     pi = r.pi
     both = s[:, :, None] & s[:, None, :]
-    elig = r.mask[:, :, None] & r.mask[:, None, :]
-    if bool(xp.any(elig & (p2 <= 0))):
+    if any_true(xp, both & (p2 <= 0)):
+        raise ValueError(
+            f"sample contains two units that this {type(design).__name__} design never samples "
+            "together (joint inclusion probability 0), so it is not a sample of this design; pass "
+            "a sample drawn from it (design.draw / design.sample)"
+        )
+    if zero_pairs:
         warnings.warn(
             f"{type(design).__name__} has pairs of eligible units with joint inclusion probability "
             "0, which no sample ever contains: the variance estimate misses their contribution "
@@ -269,7 +319,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     xp = r.xp
     dt = r.pi.dtype
     n = xp.sum(xp.astype(s, xp.int64), axis=-1)
-    if bool(xp.any(n < 2)):
+    if any_true(xp, n < 2):
         raise ValueError(
             "sample: the successive-differences estimator needs at least 2 sampled units in every "
             "row (some row has fewer)"
@@ -279,7 +329,7 @@ def _est_successive(r: _Rows, y: Array, s: Array, cov: bool) -> Array:
     q = int(a.shape[-1])
     ac = xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], (*order.shape, q)), axis=-2)
     diff = ac[:, 1:, :] - ac[:, :-1, :]
-    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=a.device)
+    k = xp.arange(1, int(s.shape[-1]), dtype=xp.int64, device=device_of(a))
     valid = xp.astype(k < n[:, None], dt)
     nf = xp.astype(n, dt)
     cnt = xp.astype(xp.sum(xp.astype(r.mask, xp.int64), axis=-1), dt)

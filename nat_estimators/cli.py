@@ -17,6 +17,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ class DesignComparison:
     keep_fraction: float
     max_weight: float
     relative_variance: float
-    variance_vs_poisson: float
+    #: ``None`` where uniform Poisson's variance is exactly 0 (keep 1: every design keeps every
+    #: token, so every variance is 0 and the ratio is undefined).
+    variance_vs_poisson: float | None
 
 
 def _designs(budget: float, mask: np.ndarray, y: np.ndarray) -> dict[str, Design]:
@@ -119,12 +122,14 @@ def compare_designs(
     signal = float((ytot**2).sum())
     base = None
     for name, d in _designs(budget, mask, y).items():
-        v = float(np.sum(design_variance(y, d, axis=1)))
+        # every pi = 1: the sample is the whole population, V = 0 exactly (no rounding residue)
+        certain = bool(np.all(np.where(mask, d.inclusion_probabilities(), 1.0) == 1.0))
+        v = 0.0 if certain else float(np.sum(design_variance(y, d, axis=1)))
         if base is None:
             base = v
         kf = float(d.expected_size().sum() / mask.sum())
         out.append(DesignComparison(name, kf, float(np.max(d.max_weight())), v / signal,
-                                    v / base if base > 0 else float("nan")))
+                                    v / base if base > 0 else None))
     return out
 
 
@@ -147,6 +152,124 @@ _fraction = _argument(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a numbe
                       "budget must be a keep fraction in (0, 1]")
 _positive_int = _argument(int, lambda v: v >= 1, "a positive integer",
                           "expected a positive integer")
+_seed = _argument(int, lambda v: v >= 0, "a non-negative integer",
+                  "the seed must be a non-negative integer (numpy's generators take seeds >= 0)")
+
+
+def _image_formats() -> dict[str, str]:
+    """File suffixes matplotlib can write (``{}`` when matplotlib is missing)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return {}
+    return dict(FigureCanvasBase.get_supported_filetypes())
+
+
+def _output_file(kind: str, suffixes: Any = None) -> Any:
+    """An argparse ``type`` for a file to write: its folder must exist, and with ``suffixes``
+    (a callable giving the allowed suffixes) its suffix must be one of them."""
+
+    def parse(s: str) -> Path:
+        path = Path(s)
+        folder = path.parent
+        if not folder.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"the folder {str(folder)!r} of {kind} {s!r} does not exist; create it first "
+                f"(mkdir -p {folder}) or write somewhere else"
+            )
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{s!r} is a folder; give a file name for {kind}")
+        if not os.access(folder, os.W_OK):
+            raise argparse.ArgumentTypeError(
+                f"the folder {str(folder)!r} of {kind} {s!r} is not writable; write somewhere else"
+            )
+        if suffixes is not None:
+            allowed = suffixes()
+            if allowed and path.suffix.lower().lstrip(".") not in allowed:
+                names = ", ".join(f".{k}" for k in sorted(allowed))
+                raise argparse.ArgumentTypeError(
+                    f"{s!r} " + (f"has suffix {path.suffix!r}, which is" if path.suffix else
+                                 "has no suffix, so it is") + " not an image format matplotlib "
+                    f"writes; end the file name with one of {names} (e.g. cmp.png)"
+                )
+        return path
+
+    return parse
+
+
+#: Keep fractions of the ``compare --plot`` curves (the chosen budget is added).
+PLOT_BUDGETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def comparison_figure(y: np.ndarray, mask: np.ndarray, budget: float, *, title: str) -> Any:
+    r"""The ``compare --plot`` figure: relative variance against keep fraction, one line per design.
+
+    Every design of :func:`compare_designs` at the keep fractions :data:`PLOT_BUDGETS` and at
+    ``budget`` (marked by a vertical line and enlarged points).  Lines that coincide stay
+    visible: each design has its own marker and line style, markers are hollow and shrink in
+    drawing order, so a later line never covers an earlier one.  The legend keeps each design's
+    options (prefix cutting's ``full_keep``).  A variance of exactly 0 (keep 1) has no place on
+    the log axis and is left out, which the figure says.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Not attached to pyplot (no global state); ``fig.savefig(path)`` writes it.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib (``pip install "nat-estimators[all]"``).
+    """
+    from matplotlib.figure import Figure
+
+    budgets = sorted({*PLOT_BUDGETS, float(budget)})
+    curves: dict[str, list[float]] = {}
+    options: dict[str, list[str]] = {}
+    for b in budgets:
+        for r in compare_designs(b, y, mask):
+            name, _, opts = r.design.partition(" (")
+            key = name if opts.startswith("full_keep") else r.design
+            curves.setdefault(key, []).append(r.relative_variance)
+            if opts.startswith("full_keep"):
+                options.setdefault(key, []).append(f"{opts.rstrip(')')} at keep {b:g}")
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    at = budgets.index(float(budget))
+    n = len(curves)
+    for i, (key, vals) in enumerate(curves.items()):
+        label = key
+        if key in options:  # "full_keep=0.05", or "full_keep=0.05; 0.025 at keep 0.05"
+            vals_at = [o.split(" at keep ") for o in options[key]]
+            common = max({v for v, _ in vals_at}, key=[v for v, _ in vals_at].count)
+            others = [f"{v.split('=')[-1]} at keep {b}" for v, b in vals_at if v != common]
+            label += f" ({'; '.join([common, *others])})"
+        v = np.array([x if x > 0 else np.nan for x in vals])
+        size = 4.0 + 6.0 * (n - i) / n  # shrinking: later (drawn on top) markers are smaller
+        line = ax.plot(budgets, v, marker=_MARKERS[i % len(_MARKERS)],
+                       linestyle=_LINESTYLES[i % len(_LINESTYLES)], markersize=size,
+                       markerfacecolor="none", label=label, zorder=2 + i)[0]
+        ax.plot([budget], [v[at]], marker=line.get_marker(), markersize=size + 4,
+                markerfacecolor="none", markeredgewidth=2.0, color=line.get_color(),
+                linestyle="none", zorder=2 + i)
+    ax.axvline(budget, color="0.3", linewidth=1, linestyle=":", zorder=1,
+               label=f"chosen keep fraction {budget:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("keep fraction (expected share of response tokens kept)")
+    ax.set_ylabel("V(HT gradient) / |full gradient|^2")
+    if any(x == 0 for vals in curves.values() for x in vals):
+        ax.text(0.99, 0.02, "keep 1: every variance is exactly 0 (not on a log axis)",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _ratio_text(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -160,37 +283,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print("-" * len(hdr))
     for r in res:
         print(f"{r.design:<28} {r.keep_fraction:>6.3f} {r.max_weight:>8.2f} "
-              f"{r.relative_variance:>10.4g} {r.variance_vs_poisson:>9.4f}")
+              f"{r.relative_variance:>10.4g} {_ratio_text(r.variance_vs_poisson):>9}")
     print("V/|Y|^2: exact design variance of the HT gradient over the squared full-token "
           "gradient (0 = full-token). V/V_URS: relative to uniform Poisson at the same budget.")
+    if any(r.variance_vs_poisson is None for r in res):
+        print("V/V_URS is n/a: uniform Poisson's variance is exactly 0 at this budget (at keep 1 "
+              "every design keeps every token and every variance is exactly 0); compare designs "
+              "at a keep fraction below 1.")
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in res], indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            fig = comparison_figure(y, mask, args.budget, title=(
+                f"Exact variance of the HT gradient by design\n({args.rows} rows of <= "
+                f"{args.length} tokens, {args.dim}-dim gradients, seed {args.seed})"))
         except ImportError:
             print("error: --plot needs matplotlib: pip install 'nat-estimators[all]'",
                   file=sys.stderr)
             return 2
-        budgets = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
-        curves: dict[str, list[float]] = {}
-        for b in budgets:
-            for r in compare_designs(b, y, mask):
-                curves.setdefault(r.design.split(" (full_keep")[0], []).append(
-                    r.relative_variance)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, vals in curves.items():
-            ax.plot(budgets, vals, marker="o", label=name)
-        ax.set_yscale("log")
-        ax.set_xlabel("keep fraction")
-        ax.set_ylabel("V(HT gradient) / |full gradient|^2")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
     return 0
@@ -220,6 +331,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     code = int(pytest.main(argv, plugins=[progress]))
     for nodeid, text in progress.failures:
         print(f"\nFAILED {nodeid}\n{text}", file=sys.stderr)
+    print("\n".join(progress.summary()))
     counts = ", ".join(f"{n} {k}" for k, n in sorted(progress.outcomes.items()))
     print(f"validation: {counts or 'no tests ran'} (exit status {code})")
     if (report / "report.md").exists():
@@ -228,33 +340,90 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """pytest plugin for ``validate``: a tqdm bar over the tests, outcome counts, failures."""
+    """pytest plugin for ``validate``: progress, outcome counts per suite, failures.
 
-    def __init__(self) -> None:
+    On a terminal the progress is a tqdm bar.  Logged to a file or a pipe (``stream`` not a
+    TTY) a bar is one endless line of carriage returns, so the plugin writes plain lines instead:
+    what it is about to check (suites in words and their test counts), one line per finished
+    test, and (:meth:`summary`, on every stream) the outcome counts of every suite.
+    """
+
+    def __init__(self, stream: Any = None, *, tty: bool | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty()) if tty is None else tty
         self.bar: Any = None
+        self.total = 0
+        self.done = 0
         self.outcomes: dict[str, int] = {}
         self.failures: list[tuple[str, str]] = []
+        # suite (test module) -> its description; (suite, check) -> outcome counts
+        self.suites: dict[str, str] = {}
+        self.checks: dict[tuple[str, str], dict[str, int]] = {}
+        self._outcome: dict[str, str] = {}
+
+    @staticmethod
+    def _suite_and_check(nodeid: str) -> tuple[str, str]:
+        path, _, rest = nodeid.partition("::")
+        check = rest.split("[")[0].split("::")[-1].removeprefix("test_").replace("_", " ")
+        return Path(path).stem.removeprefix("test_").replace("_", " "), check
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
     def pytest_collection_finish(self, session: Any) -> None:
-        from tqdm import tqdm
+        self.total = len(session.items)
+        for item in session.items:
+            suite, check = self._suite_and_check(item.nodeid)
+            doc = (getattr(getattr(item, "module", None), "__doc__", None) or "").strip()
+            first = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
+            self.suites.setdefault(suite, first)
+            self.checks.setdefault((suite, check), {})
+        if self.tty:
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=len(session.items), desc="validating", unit="test",
-                        file=sys.stderr)
+            self.bar = tqdm(total=self.total, desc="validating", unit="test", file=self.stream)
+            return
+        self._print(f"validating: {self.total} tests in {len(self.suites)} suites")
+        for suite, doc in self.suites.items():
+            n = sum(1 for item in session.items
+                    if self._suite_and_check(item.nodeid)[0] == suite)
+            self._print(f"  {suite} ({n} tests): {doc}")
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.outcomes[report.outcome] = self.outcomes.get(report.outcome, 0) + 1
+            self._outcome[report.nodeid] = report.outcome
+        elif report.failed:  # an error in teardown after a passed call
+            self._outcome[report.nodeid] = "failed"
         if report.failed:
             self.failures.append((report.nodeid, report.longreprtext))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.done += 1
+        outcome = self._outcome.get(nodeid, "passed")
+        counts = self.checks.setdefault(self._suite_and_check(nodeid), {})
+        counts[outcome] = counts.get(outcome, 0) + 1
         if self.bar is not None:
             self.bar.set_postfix_str(nodeid.split("::")[-1][:40], refresh=False)
             self.bar.update(1)
+        elif not self.tty:
+            self._print(f"[{self.done}/{self.total}] {outcome:7s} {nodeid}")
 
     def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def summary(self) -> list[str]:
+        """What was checked, in words: every suite, every check, its outcome counts."""
+        lines = ["checked:"]
+        for suite, doc in self.suites.items():
+            lines.append(f"  {suite}: {doc}" if doc else f"  {suite}")
+            for (s, check), counts in self.checks.items():
+                if s == suite:
+                    text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                    lines.append(f"    {check}: {text or 'not run'}")
+        return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,9 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max response length (default 2048)")
     c.add_argument("--dim", type=_positive_int, default=8,
                    help="gradient dimensions (default 8)")
-    c.add_argument("--seed", type=int, default=0, help="profile seed (default 0)")
-    c.add_argument("--plot", metavar="PNG", help="write variance-vs-budget curves to PNG")
-    c.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    c.add_argument("--seed", type=_seed, default=0, help="profile seed, >= 0 (default 0)")
+    c.add_argument("--plot", metavar="PNG", type=_output_file("the plot", _image_formats),
+                   help="write variance-vs-budget curves to PNG (or .pdf, .svg, ...)")
+    c.add_argument("--json", metavar="FILE", type=_output_file("the JSON output"),
+                   help="write the table as JSON")
     c.set_defaults(func=_cmd_compare)
     v = sub.add_parser("validate", help="run the Monte Carlo unbiasedness suite")
     v.add_argument("--quick", action="store_true", help="short version (about a minute)")

@@ -22,17 +22,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._compat import Array, float_dtype, namespace
+from ._compat import Array, at_least_float32, device_of, float_dtype, is_half, namespace
 from ._deprecation import positional_arrays
-from ._units import Units, align_units
-from ._validation import check_bool_mask, check_float_array
+from ._units import Units, align_units, quiet_float_errors
+from ._validation import (
+    any_true,
+    check_bool_mask,
+    check_finite_result,
+    check_float_array,
+    check_scalar_or_row_array,
+)
 
 __all__ = ["hajek_mean", "hajek_total", "ht_mean", "ht_total", "ht_weights"]
 
 
 def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Array, Array]:
     """Validate and return (units, sample, weights 1/pi at sampled units)."""
-    u0 = align_units(y, axis, None, sample, pi)
+    u0 = align_units(y, axis, None, sample, pi, names=("sample", "pi"))
     xp = u0.xp
     ushape = (*u0.batch_shape, u0.y.shape[-2])
     check_bool_mask(xp, sample, "sample")
@@ -48,8 +54,8 @@ def _prepare(y: Array, sample: Array, pi: Array, axis: int) -> tuple[Units, Arra
             f"{tuple(sample.shape)} of sample and pi; y must be aligned with them up to and "
             "including its unit axis (axes after it are value axes)"
         )
-    w = ht_weights(sample, pi)
-    dt = float_dtype(xp, u0.y, pi)
+    dt = at_least_float32(xp, float_dtype(xp, u0.y, pi))
+    w = ht_weights(sample, pi, dtype=dt)
     yv = xp.astype(u0.y, dt) if u0.y.dtype != dt else u0.y
     yv = xp.where(sample[..., None], yv, xp.zeros_like(yv))
     units = Units(xp=xp, y=yv, batch_shape=u0.batch_shape, value_shape=u0.value_shape)
@@ -75,9 +81,11 @@ def ht_weights(
         Eligible units (e.g. the response mask); ``sample`` must lie inside it.  Default:
         ``sample`` (only the sampled units' ``pi`` is checked).
     dtype : dtype, optional
-        Floating dtype of the weights (default: ``pi``'s).  :math:`1/\pi` is formed in ``pi``'s
-        dtype and then cast.  Half precision is refused: :math:`1/\pi` rounds (bfloat16 keeps 8
-        mantissa bits) or overflows (float16).
+        Floating dtype of the weights (default: ``pi``'s, float32 for a half-precision ``pi``).
+        :math:`1/\pi` is formed in ``pi``'s dtype (at least float32) and then cast.  Half
+        precision is refused: :math:`1/\pi` rounds (bfloat16 keeps 8 mantissa bits) or overflows
+        (float16).  A weight that overflows ``dtype`` (:math:`\pi < 3 \cdot 10^{-39}` for
+        float32) is an error, never ``inf``.
 
     Returns
     -------
@@ -106,26 +114,28 @@ def ht_weights(
     >>> ht_weights(s, p, mask=torch.ones(1, 3, dtype=torch.bool), dtype=torch.float32)
     tensor([[2., 0., 4.]])
     """
-    xp = namespace(sample, pi, mask)
+    xp = namespace(sample, pi, mask, names=("sample", "pi", "mask"))
     pi = check_float_array(xp, pi, "pi")
     check_bool_mask(xp, sample, "sample", shape=tuple(pi.shape))
     if mask is None:
         elig = sample
     else:
         elig = check_bool_mask(xp, mask, "mask", shape=tuple(pi.shape))
-        if bool(xp.any(sample & ~elig)):
+        if any_true(xp, sample & ~elig):
             raise ValueError(
                 "sample selects units outside mask (the eligible units): a sample must be drawn "
                 "from the design built on mask"
             )
+    if is_half(xp, pi.dtype):
+        pi = xp.astype(pi, at_least_float32(xp, pi.dtype))
     if dtype is not None and dtype not in (xp.float32, xp.float64):
         raise ValueError(
             f"dtype must be float32 or float64, got {dtype}: Horvitz–Thompson weights 1/pi lose "
             "precision (bfloat16 has 8 mantissa bits) or overflow (float16) in half precision; "
             "keep the weights in float32 and let the loss be cast up"
         )
-    if not bool(xp.all(~elig | ((pi > 0) & (pi <= 1)))):
-        if bool(xp.any(elig & ~xp.isfinite(pi))):
+    if any_true(xp, elig & ~((pi > 0) & (pi <= 1))):
+        if any_true(xp, elig & ~xp.isfinite(pi)):
             raise ValueError("pi is NaN or Inf at a sampled (or eligible) unit")
         raise ValueError(
             "pi must lie in (0, 1] at every sampled (and every eligible) unit; a unit with pi = 0 "
@@ -133,8 +143,10 @@ def ht_weights(
             "pi"
         )
     safe = xp.where(sample, pi, xp.ones_like(pi))
-    w = xp.where(sample, 1 / safe, xp.zeros_like(pi))
-    return w if dtype is None or w.dtype == dtype else xp.astype(w, dtype)
+    with quiet_float_errors():
+        w = xp.where(sample, 1 / safe, xp.zeros_like(pi))
+        w = w if dtype is None or w.dtype == dtype else xp.astype(w, dtype)
+    return check_finite_result(xp, w, "a Horvitz–Thompson weight 1/pi")
 
 
 @positional_arrays("y", "sample", "pi", renamed={"mask": "sample"})
@@ -157,8 +169,9 @@ def ht_total(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     -------
     array, shape (..., *V)
         :math:`\hat Y = \sum_{k \in S} y_k/\pi_k`; 0 for an empty sample.  In the promoted
-        floating dtype of ``y`` and ``pi`` (float32 ``y`` with float32 ``pi`` stays float32), in
-        their namespace and on their device.
+        floating dtype of ``y`` and ``pi``, at least float32 (float32 ``y`` with float32 ``pi``
+        stays float32; half precision is accumulated in float32), in their namespace and on their
+        device.  A total that overflows that dtype is an error, never ``inf``.
 
     Notes
     -----
@@ -178,7 +191,9 @@ def ht_total(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Array:
     """
     u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
-    return u.restore(xp.sum(w[..., None] * u.y, axis=-2))
+    with quiet_float_errors():
+        out = xp.sum(w[..., None] * u.y, axis=-2)
+    return u.restore(check_finite_result(xp, out, "the Horvitz–Thompson total"))
 
 
 @positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})
@@ -210,7 +225,8 @@ def ht_mean(
 def _population(population_size: Any, u: Units) -> Array:
     """Validated :math:`N` per row, shaped to broadcast against an estimate ``(..., *V)``."""
     xp = u.xp
-    n = xp.asarray(population_size, dtype=u.y.dtype, device=u.y.device)
+    check_scalar_or_row_array(xp, population_size, "population_size", u.batch_shape)
+    n = xp.asarray(population_size, dtype=u.y.dtype, device=device_of(u.y))
     try:
         n = xp.broadcast_to(n, u.batch_shape)
     except (ValueError, RuntimeError):
@@ -218,7 +234,7 @@ def _population(population_size: Any, u: Units) -> Array:
             f"population_size of shape {tuple(n.shape)} does not broadcast to the row shape "
             f"{u.batch_shape}"
         ) from None
-    if bool(xp.any(~(n > 0))) or bool(xp.any(~xp.isfinite(n))):
+    if any_true(xp, ~(n > 0)) or any_true(xp, ~xp.isfinite(n)):
         raise ValueError("population_size must be finite and > 0")
     return xp.reshape(n, (*u.batch_shape, *([1] * len(u.value_shape))))
 
@@ -262,12 +278,14 @@ def hajek_mean(y: Array, sample: Array, pi: Array, /, *, axis: int = -1) -> Arra
     u, _, w = _prepare(y, sample, pi, axis)
     xp = u.xp
     nhat = xp.sum(w, axis=-1)
-    if bool(xp.any(nhat <= 0)):
+    if any_true(xp, nhat <= 0):
         raise ValueError(
             "the Hájek mean is undefined for an empty sample (a row has no sampled units); "
             "use the HT total/mean, or make sure every row samples at least one unit"
         )
-    return u.restore(xp.sum(w[..., None] * u.y, axis=-2) / nhat[..., None])
+    with quiet_float_errors():
+        out = xp.sum(w[..., None] * u.y, axis=-2) / nhat[..., None]
+    return u.restore(check_finite_result(xp, out, "the Hájek mean"))
 
 
 @positional_arrays("y", "sample", "pi", "population_size", renamed={"mask": "sample"})

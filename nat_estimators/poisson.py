@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, device_of, float64_or_best, is_array, namespace
+from ._compat import Array, device_of, float64_or_best, is_array, namespace, on_other_device
 from ._deprecation import deprecated
 from ._design import _PiDesign
-from ._validation import check_bool_mask, check_scalar_or_row_array, trusted
+from ._validation import any_true, check_bool_mask, check_scalar_or_row_array, trusted
 from ._variance_engine import _quad, _Rows, _weights
 from .inclusion import inclusion_probabilities
 
@@ -84,18 +84,18 @@ class Poisson(_PiDesign, name="poisson"):
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
         keep = check_scalar_or_row_array(xp, keep, "keep", tuple(mask.shape[:-1]))
-        if is_array(keep) and device_of(keep) != device_of(mask):
+        if is_array(keep) and on_other_device(keep, device_of(mask)):
             raise ValueError(
                 f"keep is on device {device_of(keep)} but mask is on {device_of(mask)}"
             )
-        dtype = float64_or_best(xp, mask.device)
-        p_arr = xp.asarray(keep, dtype=dtype, device=mask.device)
-        if bool(xp.any(~((p_arr > 0) & (p_arr <= 1)))):
+        dtype = float64_or_best(xp, device_of(mask))
+        p_arr = xp.asarray(keep, dtype=dtype, device=device_of(mask))
+        if any_true(xp, ~((p_arr > 0) & (p_arr <= 1))):
             raise ValueError("keep (the keep fraction) must lie in (0, 1]")
         if p_arr.ndim:
             p_arr = p_arr[..., None]
-        pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=mask.device) * p_arr,
-                      xp.zeros(mask.shape, dtype=dtype, device=mask.device))
+        pi = xp.where(mask, xp.ones(mask.shape, dtype=dtype, device=device_of(mask)) * p_arr,
+                      xp.zeros(mask.shape, dtype=dtype, device=device_of(mask)))
         # pi is valid by construction (keep checked above): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 
@@ -143,6 +143,14 @@ class Poisson(_PiDesign, name="poisson"):
         return (u < self.pi) & self.mask
 
     # -------------------------------------------------------------- hooks
+    def _refuse_impossible(self, sample: Array) -> None:
+        # a unit with pi = 1 is in every sample
+        if any_true(self.xp, self.mask & (self.pi >= 1) & ~sample):
+            raise ValueError(
+                "sample leaves out a unit with pi = 1, which this Poisson design always samples: "
+                "it is not a sample of this design; pass a sample drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_poisson(rows, y, cov)
 

@@ -21,13 +21,24 @@ row must be kept with positive probability, and the last tokens carry the larges
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, device_of, float64_or_best, gather_last, namespace
+from ._compat import (
+    Array,
+    at_least_float32,
+    device_of,
+    float64_or_best,
+    gather_last,
+    is_half,
+    is_traced,
+    namespace,
+)
 from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import (
+    any_true,
     check_bool_mask,
     check_float_array,
     check_fraction,
@@ -78,7 +89,7 @@ class Prefix(_PiDesign, name="prefix"):
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         k = xp.arange(1, pi.shape[-1], dtype=xp.int64, device=device_of(pi))
         inside = k < count[..., None]
-        if bool(xp.any(inside & (pc[..., 1:] > pc[..., :-1]))):
+        if any_true(xp, inside & (pc[..., 1:] > pc[..., :-1])):
             raise ValueError(
                 "pi must be non-increasing along each row's eligible tokens (a survival function "
                 "P(L >= k)); found an increase. Build it from a cut-length pmf with "
@@ -111,28 +122,39 @@ class Prefix(_PiDesign, name="prefix"):
         >>> d.inclusion_probabilities()
         array([1.  , 0.75, 0.5 ])
         """
-        xp = namespace(pmf, mask)
+        xp = namespace(pmf, mask, names=("pmf", "mask"))
         pmf = check_float_array(xp, pmf, "pmf")
+        out_dtype = at_least_float32(xp, pmf.dtype)
         N = pmf.shape[-1] - 1
         if N < 1:
             raise ValueError("pmf must have length N + 1 >= 2 along its last axis (cuts 0..N)")
         mask = resolve_mask(xp, mask, (*pmf.shape[:-1], N), device_of(pmf))
-        if not bool(xp.all(xp.isfinite(pmf))):
+        if any_true(xp, ~xp.isfinite(pmf)):
             raise ValueError("pmf contains NaN or Inf")
-        if bool(xp.any(pmf < 0)):
+        if any_true(xp, pmf < 0):
             raise ValueError("pmf contains negative probabilities")
+        # the sum of N + 1 rounded entries is off by ~sqrt(N) ulps of pmf's dtype: a valid float32
+        # pmf sums to 1 within ~1e-5, not 1e-9.  The survival function is then formed in float64
+        # from the pmf divided by its sum (a correction within that tolerance).
+        tol = max(1e-9, 16 * math.sqrt(N + 1) * float(xp.finfo(pmf.dtype).eps))
+        pmf = xp.astype(pmf, float64_or_best(xp, device_of(pmf)))
         tot = xp.sum(pmf, axis=-1)
-        if bool(xp.any(xp.abs(tot - 1) > 1e-9)):
-            raise ValueError("pmf must sum to 1 along its last axis (cut lengths 0..N)")
+        if any_true(xp, xp.abs(tot - 1) > tol):
+            raise ValueError(
+                "pmf must sum to 1 along its last axis (cut lengths 0..N); a row is off by "
+                f"{float(xp.max(xp.abs(tot - 1))):.3g}, beyond the rounding tolerance {tol:.2g} of "
+                "its dtype"
+            )
+        pmf = pmf / tot[..., None]
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
         j = xp.arange(N + 1, dtype=xp.int64, device=device_of(pmf))
-        if bool(xp.any((j > count[..., None]) & (pmf > 0))):
+        if any_true(xp, (j > count[..., None]) & (pmf > 0)):
             raise ValueError(
                 "pmf puts probability on a cut beyond a row's number of eligible tokens "
                 "(P(L = j) must be 0 for j > mask[i].sum())"
             )
         p_full = gather_last(xp, pmf, count[..., None])[..., 0]
-        if bool(xp.any((count > 0) & (p_full <= 0))):
+        if any_true(xp, (count > 0) & (p_full <= 0)):
             raise ValueError(
                 "pmf gives probability 0 to keeping a whole row (P(L = N_i) = 0), so the "
                 "last token would never be sampled and its weight 1/pi would be infinite; "
@@ -142,7 +164,7 @@ class Prefix(_PiDesign, name="prefix"):
         surv = xp.minimum(surv, xp.ones_like(surv))
         rank = eligible_rank(xp, mask)
         pi = gather_last(xp, surv, rank)
-        pi = xp.where(mask, pi, xp.zeros_like(pi))
+        pi = xp.astype(xp.where(mask, pi, xp.zeros_like(pi)), out_dtype)
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 
@@ -185,7 +207,8 @@ class Prefix(_PiDesign, name="prefix"):
             :math:`\mu`: fraction of each row always kept, :math:`m_i = \lfloor \mu N_i \rfloor`
             tokens (a minimum prefix).
         dtype : dtype, optional
-            Float dtype of :math:`\pi` (default float64 where available).
+            Float dtype of :math:`\pi`: float32 or float64 (default float64 where available);
+            half precision is refused.  The budget is solved in float64 either way.
 
         Raises
         ------
@@ -221,13 +244,20 @@ class Prefix(_PiDesign, name="prefix"):
         mu = check_fraction(min_keep, "min_keep", low_open=False)
         dev = device_of(mask)
         dt = float64_or_best(xp, dev) if dtype is None else dtype
+        if not xp.isdtype(dt, "real floating") or is_half(xp, dt):
+            raise ValueError(
+                f"dtype must be float32 or float64, got {dt}: in half precision the survival "
+                "function cannot hit the budget (float16 keeps every token, bfloat16 keeps 1520 "
+                "of 1500 asked); use float32 or float64"
+            )
+        out_dt, dt = dt, float64_or_best(xp, dev)  # the budget is solved in float64
         count = xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=-1), dt)
         # floor (not ceil): then every row is feasible whenever keep >= mu + a (1 - mu)
         m = xp.floor(count * mu + 1e-9)
         m = xp.minimum(xp.maximum(m, xp.zeros_like(m)), count)
         R = count - m
         T = count * kappa - m
-        if bool(xp.any(T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count)))):
+        if any_true(xp, T < a * R - 1e-9 * xp.maximum(count, xp.ones_like(count))):
             safe = xp.where(count > 0, count, xp.ones_like(count))
             need = float(xp.max(xp.where(count > 0, (m + a * R) / safe, xp.zeros_like(count))))
             raise ValueError(
@@ -249,6 +279,7 @@ class Prefix(_PiDesign, name="prefix"):
         lin = xp.maximum(1 - j * t[..., None], a * xp.ones_like(j))
         pi = xp.where(j <= 0, xp.ones_like(j), xp.minimum(lin, xp.ones_like(lin)))
         pi = xp.where(mask, pi, xp.zeros_like(pi))
+        pi = pi if pi.dtype == out_dt else xp.astype(pi, out_dt)
         # valid by construction (positive, non-increasing survival): skip re-validation
         return trusted(cls, pi=pi, mask=mask)
 
@@ -301,6 +332,35 @@ class Prefix(_PiDesign, name="prefix"):
         return (xp.astype(u, float64_or_best(xp, self.device))[..., None] < self.pi) & self.mask
 
     # -------------------------------------------------------------- hooks
+    # one uniform decides the whole row: the Hájek linearization does not apply
+    _hajek_linearizes = False
+
+    def _refuse_impossible(self, sample: Array) -> None:
+        # the sample must be the first L eligible tokens, for a cut L with P(L) > 0
+        xp = self.xp
+        # a prefix: every sampled position comes before every eligible position left out
+        out = self.mask & ~sample
+        idx = xp.arange(self.num_units, dtype=xp.int32, device=self.device)
+        last_kept = xp.max(xp.where(sample, idx, xp.full_like(idx, -1)), axis=-1)
+        first_out = xp.min(xp.where(out, idx, xp.full_like(idx, self.num_units)), axis=-1)
+        if any_true(xp, last_kept > first_out):
+            raise ValueError(
+                "sample is not a prefix of the eligible tokens (it skips an eligible token and "
+                "keeps a later one), so this Prefix design never draws it; pass a sample drawn "
+                "from it"
+            )
+        # P(L = cut) = pi_(cut) - pi_(cut + 1): the smallest kept pi (1 for an empty sample) minus
+        # the largest pi left out (0 if none), pi being non-increasing along the eligible tokens
+        one = xp.ones((1,), dtype=self.pi.dtype, device=self.device)
+        pi_last = xp.min(xp.where(sample, self.pi, one), axis=-1)
+        pi_next = xp.max(xp.where(out, self.pi, 0 * one), axis=-1)
+        if any_true(xp, pi_last - pi_next <= 0):
+            raise ValueError(
+                "sample keeps a number of tokens that this Prefix design never keeps "
+                "(P(L = cut) = 0, e.g. fewer than its always-kept minimum prefix); pass a sample "
+                "drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_prefix(rows, y, cov)
 
@@ -325,45 +385,73 @@ class Prefix(_PiDesign, name="prefix"):
 
 
 # ---------------------------------------------------------------------------- variance formulas
-def _prefix_cut_weights(xp: Any, pi: Array) -> tuple[Array, Array]:
-    r"""Per-position weights ``pi_k - pi_{k+1}`` (``pi_{N+1} = 0``) and ``P(L = 0) = 1 - pi_1``.
+def _by_rank(r: _Rows, *arrays: Array) -> tuple[Array, ...]:
+    r"""Compact a call's per-unit arrays to the eligible ranks (column :math:`j - 1` = the
+    :math:`j`-th eligible token of the row).
 
-    ``pi`` (R, N) is the survival function :math:`P(L \ge k)` at eligible positions and 0
-    elsewhere.  At an eligible position followed by another eligible one the weight is the cut
-    probability :math:`P(L = \mathrm{rank}_k)`; across a run of ineligible positions it splits
-    into :math:`\pi_k` and :math:`-\pi_{\mathrm{next}}` (and a leading run carries
-    :math:`-\pi_{\mathrm{first}}`).  Summed against a quantity that is constant over such a
-    run — a prefix sum of increments that vanish at ineligible positions — the split parts add
-    up to exactly the cut probability, so no sort or gather to the eligible ranks is needed.
+    Returns ``(p_cut, p0, *arrays_by_rank, inside)``: ``p_cut[:, j - 1]`` is the cut probability
+    :math:`P(L = j) = \pi_{(j)} - \pi_{(j+1)} \ge 0` (:math:`\pi_{(j)}` the survival function at
+    the :math:`j`-th eligible token, 0 beyond the row's eligible count), ``p0`` is
+    :math:`P(L = 0) = 1 - \pi_{(1)}`, each of ``arrays`` ((R, N) or (R, N, q)) is gathered the
+    same way along axis 1, and ``inside`` (R, N) is 1 on the first :math:`N_i` ranks.
+
+    Working by rank, ineligible positions (tool tokens, padding inside a row) never enter the
+    sum: every term is a cut probability times a square, so the variance is a sum of non-negative
+    terms whose accuracy does not depend on where the gaps are.  (Splitting a cut probability into
+    :math:`+\pi_k` at the last position before a gap and :math:`-\pi_{\mathrm{next}}` after it
+    makes large terms cancel: -2e-7 instead of 0 in float64, -158 in float32, on 8192-token rows
+    with every other position ineligible.)
     """
-    zero = xp.zeros((int(pi.shape[0]), 1), dtype=pi.dtype, device=pi.device)
-    return pi - xp.concat([pi[:, 1:], zero], axis=-1), 1 - pi[:, 0]
+    xp = r.xp
+    count = xp.sum(xp.astype(r.mask, xp.int64), axis=-1)
+    k = xp.arange(int(r.pi.shape[1]), dtype=xp.int64, device=device_of(r.pi))
+    inside = k < count[:, None]
+    # right-padded rows (every row's eligible tokens first) are already in rank order
+    # (traced: the mask's values are unknown, so always gather)
+    gather = is_traced(r.mask, inside) or bool(xp.any(inside != r.mask))
+    order = xp.argsort(xp.astype(~r.mask, xp.int8), axis=-1, stable=True) if gather else None
+
+    def by_rank(a: Array) -> Array:
+        if order is None:
+            return a
+        if a.ndim == 3:
+            return xp.take_along_axis(a, xp.broadcast_to(order[:, :, None], tuple(a.shape)), axis=1)
+        return xp.take_along_axis(a, order, axis=-1)
+
+    pc = xp.where(inside, by_rank(r.pi), xp.zeros_like(r.pi))
+    zero = xp.zeros((r.n_rows, 1), dtype=pc.dtype, device=device_of(pc))
+    # pi is non-increasing along the ranks, so each difference is >= 0 in floating point too
+    p_cut = pc - xp.concat([pc[:, 1:], zero], axis=-1)
+    out: list[Array] = [p_cut, 1 - pc[:, 0]]
+    out += [by_rank(a) for a in arrays]
+    out.append(xp.astype(inside, r.pi.dtype))
+    return tuple(out)
 
 
 def _var_prefix(r: _Rows, y: Array, cov: bool) -> Array:
     # Sum over the N + 1 possible cuts L = j:  V = sum_j P(L = j) (C_j - Y)^2, where C_j is the
     # HT total of the first j eligible tokens (C_0 = 0).  Every term is >= 0 (no cancellation).
     xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
     w = _weights(xp, r.pi, r.mask)
-    m = xp.astype(r.mask, r.pi.dtype)
+    p_pos, p0, yr, wr, m = _by_rank(r, y, w)
 
     def chunk(yc: Array, wc: Array, pc: Array, mc: Array, p0c: Array) -> Array:
         total = _lin(xp, yc, mc)
         return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
 
-    return r.run(chunk, y, w, p_pos, m, p0)
+    return r.run(chunk, yr, wr, p_pos, m, p0)
 
 
 def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Array:
     # Delta-check_kl = 1 - max(pi_k, pi_l) = 1 - pi_min(k,l) (pi non-increasing).  Summing by parts
     # over the cuts: v_HT = sum_{j=0}^{N} P(L = j) (C_j - Yhat)^2, where C_j is the HT total of the
     # sample's first j eligible tokens — the exact-variance formula with the estimate Yhat in place
-    # of Y.  Non-negative, and no cancellation.  ``centered``: y are Hájek residuals, whose HT total
-    # is exactly 0 — use that 0 rather than a rounded sum of large terms (float32, tiny pi).
+    # of Y.  Non-negative, and no cancellation (by eligible rank, see _by_rank).  ``centered``: y
+    # are Hájek residuals, whose HT total is exactly 0 — use that 0 rather than a rounded sum of
+    # large terms (float32, tiny pi).
     xp = r.xp
-    p_pos, p0 = _prefix_cut_weights(xp, r.pi)
     w = _weights(xp, r.pi, s)
+    p_pos, p0, yr, wr, _ = _by_rank(r, y, w)
 
     def chunk(yc: Array, wc: Array, pc: Array, p0c: Array) -> Array:
         total = _lin(xp, yc, wc)
@@ -371,4 +459,4 @@ def _est_prefix(r: _Rows, y: Array, s: Array, cov: bool, centered: bool) -> Arra
             total = xp.zeros_like(total)
         return _scan_sq(xp, yc, wc, pc, -total, cov) + _per_row(p0c, cov) * _outer(xp, total, cov)
 
-    return r.run(chunk, y, w, p_pos, p0)
+    return r.run(chunk, yr, wr, p_pos, p0)

@@ -69,6 +69,8 @@ def uniforms(rng: RNGLike, shape: tuple[int, ...], *, xp: Any, device: Any) -> A
     if isinstance(rng, bool):
         raise TypeError("rng must be a numpy Generator, a torch.Generator or an int seed, got bool")
     if isinstance(rng, numbers.Integral):
+        if int(rng) < 0:
+            raise ValueError(f"an int seed must be >= 0, got {int(rng)}")
         rng = np.random.default_rng(int(rng))
     if isinstance(rng, np.random.Generator):
         u = rng.random(shape)

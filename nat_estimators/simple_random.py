@@ -17,9 +17,19 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last, is_array, namespace, sort_last
+from ._compat import (
+    Array,
+    device_of,
+    eager_eval,
+    float64_or_best,
+    gather_last,
+    is_array,
+    is_traced,
+    namespace,
+    sort_last,
+)
 from ._design import Design
-from ._validation import check_bool_mask, check_scalar_or_row_array, resolve_mask
+from ._validation import any_true, check_bool_mask, check_scalar_or_row_array, resolve_mask
 from ._variance_engine import (
     BiasedVarianceEstimateWarning,
     _lin,
@@ -38,13 +48,18 @@ def _as_integer_sizes(xp: Any, n: Any, batch_shape: tuple[int, ...], dev: Any) -
     if isinstance(n, numbers.Real):
         if float(n) != int(float(n)):
             raise ValueError(f"n must be an integer sample size (a fixed-size design), got {n}")
-        n = int(float(n))
+        n = int(n) if isinstance(n, numbers.Integral) else int(float(n))
+        if not -(2**62) < n < 2**62:  # int64 holds it; no row has that many tokens anyway
+            raise ValueError(
+                f"n = {n} is out of range: it must satisfy 0 <= n <= the number of eligible tokens "
+                "of every row"
+            )
         arr = xp.full(batch_shape, n, dtype=xp.int64, device=dev)
     else:
         if xp.isdtype(n.dtype, "integral"):
             arr = xp.astype(n, xp.int64)
         elif xp.isdtype(n.dtype, "real floating"):
-            if bool(xp.any(n != xp.round(n))) or bool(xp.any(~xp.isfinite(n))):
+            if any_true(xp, n != xp.round(n)) or any_true(xp, ~xp.isfinite(n)):
                 raise ValueError("n must contain integer sample sizes (a fixed-size design)")
             arr = xp.astype(n, xp.int64)
         else:
@@ -89,26 +104,26 @@ class SimpleRandom(Design, name="simple_random"):
     def __post_init__(self) -> None:
         if self.mask is None:
             raise TypeError("SimpleRandom needs mask= (the eligible positions of every row)")
-        xp = namespace(self.mask, self.n if is_array(self.n) else None)
+        xp = namespace(self.mask, self.n if is_array(self.n) else None, names=("mask", "n"))
         mask = check_bool_mask(xp, self.mask, "mask")
         if mask.ndim < 1 or mask.shape[-1] == 0:
             raise ValueError("mask must have a non-empty token axis (tokens on the last axis)")
-        mask = resolve_mask(xp, mask, tuple(mask.shape), mask.device)
+        mask = resolve_mask(xp, mask, tuple(mask.shape), device_of(mask))
         batch_shape = tuple(mask.shape[:-1])
-        n = _as_integer_sizes(xp, self.n, batch_shape, mask.device)
+        n = _as_integer_sizes(xp, self.n, batch_shape, device_of(mask))
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
-        if bool(xp.any(n < 0)):
+        if any_true(xp, n < 0):
             raise ValueError("n must be >= 0")
         # n_i = 0 on a row with eligible tokens gives them pi = 0: never sampled, infinite HT
         # weight (the other designs refuse pi = 0 on eligible positions for the same reason).
-        if bool(xp.any((n == 0) & (count > 0))):
+        if any_true(xp, (n == 0) & (count > 0)):
             raise ValueError(
                 "n is 0 for a row that has eligible tokens: they could never be sampled and their "
                 "Horvitz–Thompson weight 1/pi would be infinite; ask n >= 1 for that row, or mark "
                 "the row ineligible in mask (n = 0 is only for rows without eligible tokens)"
             )
-        if bool(xp.any(n > count)):
-            if bool(xp.any((count == 0) & (n > 0))):
+        if any_true(xp, n > count):
+            if any_true(xp, (count == 0) & (n > 0)):
                 raise ValueError(
                     "a row has no eligible tokens but n > 0 tokens are asked from it; "
                     "set n = 0 for empty rows (pass n as a per-row array)"
@@ -148,7 +163,7 @@ class SimpleRandom(Design, name="simple_random"):
         if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
             raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
         count = xp.sum(xp.astype(mask, xp.int64), axis=-1)
-        dtype = float64_or_best(xp, mask.device)
+        dtype = float64_or_best(xp, device_of(mask))
         n = xp.astype(xp.round(xp.astype(count, dtype) * float(keep)), xp.int64)
         n = xp.minimum(xp.maximum(n, xp.minimum(count, xp.ones_like(count))), count)
         return cls(n, mask=mask)
@@ -207,7 +222,7 @@ class SimpleRandom(Design, name="simple_random"):
         nxt = gather_last(xp, srt, nxt_idx)
         count = self.eligible_count()
         tie = (nxt == thr)[..., 0] & (self.n > 0) & (self.n < count)
-        if not bool(xp.any(tie)):
+        if not is_traced(tie) and not bool(xp.any(tie)):
             # no tie at the threshold in any row: the n smallest keys are exactly `keys <= thr`
             return (keys <= thr) & (self.n > 0)[..., None]
         # Ties at the threshold (equal uniforms, e.g. low-precision or user-supplied u) would
@@ -221,6 +236,15 @@ class SimpleRandom(Design, name="simple_random"):
         return (below | take) & (self.n > 0)[..., None]
 
     # -------------------------------------------------------------- hooks
+    def _refuse_impossible(self, sample: Array) -> None:
+        xp = self.xp
+        size = xp.sum(xp.astype(sample, xp.int64), axis=-1)
+        if any_true(xp, size != self.n):
+            raise ValueError(
+                "sample does not have exactly n units in every row, so it is not a sample of this "
+                "SimpleRandom design (every sample has size n); pass a sample drawn from it"
+            )
+
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_srs(rows, y, self, cov)
 
@@ -248,9 +272,11 @@ def _var_srs(r: _Rows, y: Array, design: SimpleRandom, cov: bool) -> Array:
     # V = N^2 (1 - n/N) S^2 / n,  S^2 = sum (y - ybar)^2 / (N - 1)   (Sarndal et al. eq. 3.3.8)
     xp = r.xp
     dt = r.pi.dtype
-    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
-    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
-    if bool(xp.any((n == 0) & (cnt > 0))):
+    with eager_eval(xp):  # the design's sizes stay readable inside a JAX trace
+        n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+        cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+        n_zero = any_true(xp, (n == 0) & (cnt > 0))
+    if n_zero:
         raise ValueError(
             "a SimpleRandom row samples n = 0 of N > 0 eligible tokens: pi = 0 there and the HT "
             "total is not unbiased, so its variance is undefined; use n >= 1"
@@ -278,10 +304,12 @@ def _est_srs(r: _Rows, y: Array, s: Array, design: SimpleRandom, method: str, co
     # i.e. N^2 (1 - f) s^2 / n for a valid sample, computed from deviations (no cancellation).
     xp = r.xp
     dt = r.pi.dtype
-    n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
-    cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+    with eager_eval(xp):  # the design's sizes stay readable inside a JAX trace
+        n = xp.reshape(xp.astype(design.n, dt), (r.n_rows,))
+        cnt = xp.reshape(xp.astype(design.eligible_count(), dt), (r.n_rows,))
+        n_one = any_true(xp, (n == 1) & (cnt > 1))
     one = xp.ones_like(n)
-    if bool(xp.any((n == 1) & (cnt > 1))):
+    if n_one:
         what = "0" if method == "syg" else "(1 - pi) ycheck^2, from the sampled unit alone"
         warnings.warn(
             "SimpleRandom with n = 1 has pi_kl = 0 for every pair: the variance estimate is "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array
+from ._compat import Array, device_of
 from ._deprecation import deprecated, positional_arrays
 from ._design import Design
 from ._variance_engine import _rows
@@ -58,7 +58,7 @@ class DesignSummary:
 def _ratio(xp: Any, num: Array, den: Array) -> Array:
     """num / den for den > 0; else inf where num > 0 and 0 where num == 0 (never NaN)."""
     safe = xp.where(den > 0, den, xp.ones_like(den))
-    inf = xp.full(num.shape, float("inf"), dtype=num.dtype, device=num.device)
+    inf = xp.full(num.shape, float("inf"), dtype=num.dtype, device=device_of(num))
     return xp.where(den > 0, num / safe, xp.where(num > 0, inf, xp.zeros_like(num)))
 
 

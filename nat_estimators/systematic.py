@@ -38,10 +38,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._compat import Array, float64_or_best, gather_last
+from ._compat import Array, device_of, eager_eval, float64_or_best, gather_last, is_traced
 from ._deprecation import deprecated
 from ._design import _PiDesign
-from ._validation import trusted
+from ._validation import any_true, trusted
 from ._variance_engine import _lin, _Rows, _scan_sq, _weights
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
@@ -131,7 +131,8 @@ class Systematic(_PiDesign, name="systematic"):
             # sweep in float64 (where the device has it) whatever pi's dtype
             pi = xp.astype(self.pi, float64_or_best(xp, self.device))
             v = xp.cumulative_sum(pi, axis=-1)
-            object.__setattr__(self, "_v", v)
+            if not is_traced(v):  # a tracer cached on the design would leak out of its trace
+                object.__setattr__(self, "_v", v)
         return v
 
     def _cumulative(self) -> tuple[Array, Array]:
@@ -143,9 +144,20 @@ class Systematic(_PiDesign, name="systematic"):
         return v, vprev
 
     def has_fixed_size(self) -> bool:
+        """Whether :math:`\\sum_k \\pi_k` is an integer in every row (to :math:`10^{-9}`).
+
+        Reads the values of ``pi``: refused for a design built from traced (JAX) arrays.
+        """
         xp = self.xp
-        n = self.expected_size()
-        return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
+        if is_traced(self.pi):
+            raise TypeError(
+                "Systematic.has_fixed_size() reads the values of pi, which are traced here (the "
+                "design was built inside a JAX transformation); build the design outside "
+                "jax.jit/grad/vmap and close over it"
+            )
+        with eager_eval(xp):  # pi is concrete: readable even inside jax.jit
+            n = self.expected_size()
+            return bool(xp.all(xp.abs(n - xp.round(n)) <= 1e-9 * xp.maximum(xp.ones_like(n), n)))
 
     def joint_inclusion_probabilities(self) -> Array:
         r"""Exact :math:`\pi_{kl}` as arc intersections on the circle, ``(..., N, N)``.
@@ -158,6 +170,19 @@ class Systematic(_PiDesign, name="systematic"):
 
         the second term being the part of :math:`A_l` that wraps past 1.  This gives
         :math:`\pi_{kk} = \pi_k` and 0 for ineligible units on its own.
+
+        Impossible pairs are exact zeros.  The arc starts :math:`a_k` are fractional parts of the
+        float64 cumulative sums :math:`V_k` that the sampling rule itself uses (a fractional part
+        is exact), and the arc lengths :math:`\pi_k` differ from the rounded
+        :math:`V_k - V_{k-1}` by at most a few units of :math:`\varepsilon V_N`
+        (:math:`\varepsilon = 2^{-52}`); each of the two overlap terms adds at most two more
+        roundings of numbers in :math:`[-1, 2]`.  So every computed :math:`\pi_{kl}` is within
+        :math:`\tau = 64\, \varepsilon \max(1, V_N)` of the overlap of the arcs the sampler
+        uses, and a pair whose arcs only touch (true overlap 0) comes out in :math:`[0, \tau]`
+        — e.g. :math:`2.8 \cdot 10^{-17}` instead of 0.  Values :math:`\le \tau` are set to 0:
+        such a pair is (up to rounding) never sampled together, a variance estimate cannot use it
+        (its weight :math:`1/\pi_{kl}` would exceed :math:`10^{13}`), and reporting it as 0 is
+        what lets :func:`~nat_estimators.variance_estimate` warn that the estimate is biased.
         """
         xp = self.xp
         _, vprev = self._cumulative()
@@ -170,6 +195,11 @@ class Systematic(_PiDesign, name="systematic"):
         total = (xp.maximum(xp.minimum(pk - d, pl), zero)
                  + xp.maximum(xp.minimum(pk, d + pl - 1), zero))
         total = (total + xp.matrix_transpose(total)) / 2
+        eps = float(xp.finfo(a.dtype).eps)
+        vn = xp.max(xp.concat([vprev[..., -1:] + p[..., -1:],
+                               xp.ones_like(vprev[..., -1:])], axis=-1), axis=-1)
+        tau = 64 * eps * vn[..., None, None]
+        total = xp.where(total <= tau, xp.zeros_like(total), total)
         total = xp.astype(total, self.pi.dtype)
         eye = xp.eye(self.num_units, dtype=xp.bool, device=self.device)
         return xp.where(eye, self.pi[..., :, None] * xp.ones_like(total), total)
@@ -189,6 +219,38 @@ class Systematic(_PiDesign, name="systematic"):
 
     def _exact_variance(self, rows: _Rows, y: Array, cov: bool) -> Array:
         return _var_systematic(rows, y, self, cov)
+
+    def _refuse_impossible(self, sample: Array) -> None:
+        r"""Refuse a sample that no :math:`u` produces, in :math:`O(N)`.
+
+        The points :math:`t + j` (:math:`j \ge 0`) select the tokens whose interval
+        :math:`(V_{k-1}, V_k]` contains one, where :math:`t \in (0, 1]` is the first point
+        above 0 (:math:`t = u`, or 1 for :math:`u = 0`).  A sample with :math:`n` units
+        :math:`k_0 < \dots < k_{n-1}` comes from some :math:`t` iff
+        :math:`V_{k_j - 1} < t + j \le V_{k_j}` for every :math:`j`, and no further point lies
+        in :math:`(0, V_N]`, i.e. :math:`t + n > V_N`: the set of such :math:`t`,
+        :math:`(\max(0, V_N - n, \max_j V_{k_j-1} - j),\ \min(1, \min_j V_{k_j} - j)]`, must
+        be longer than the rounding tolerance :math:`\tau` of
+        :meth:`joint_inclusion_probabilities` (shorter: the sample's probability is 0 up to
+        rounding, and its pairs' :math:`\pi_{kl}` are reported as 0).
+        """
+        xp = self.xp
+        v, vprev = self._cumulative()
+        s = sample & self.mask
+        j = xp.astype(xp.cumulative_sum(xp.astype(s, xp.int64), axis=-1) - 1, v.dtype)
+        n = xp.sum(xp.astype(s, v.dtype), axis=-1)
+        big = xp.full_like(v, float("inf"))
+        vn = v[..., -1]
+        lo = xp.max(xp.where(s, vprev - j, -big), axis=-1)
+        lo = xp.maximum(lo, xp.maximum(vn - n, xp.zeros_like(vn)))
+        hi = xp.minimum(xp.min(xp.where(s, v - j, big), axis=-1), xp.ones_like(vn))
+        tau = 64 * float(xp.finfo(v.dtype).eps) * xp.maximum(vn, xp.ones_like(vn))
+        if any_true(xp, hi - lo <= tau):
+            raise ValueError(
+                "sample is not one this Systematic design can draw (no start u selects exactly "
+                "these units: e.g. two units closer than the sampling step, or the wrong size); "
+                "pass a sample drawn from it (design.draw / design.sample)"
+            )
 
     def _row_support(self, row: int) -> list[tuple[float, Any]]:
         # the sample is a step function of u with breakpoints frac(V_k): one u per interval
@@ -229,7 +291,7 @@ def _var_systematic(r: _Rows, y: Array, design: Systematic, cov: bool) -> Array:
     def chunk(yc: Array, wc: Array, w0c: Array, mc: Array, oc: Array, lc: Array) -> Array:
         nr, _, q = yc.shape
         yck = wc[:, :, None] * yc
-        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=yc.device)
+        z = xp.zeros((nr, 1, q), dtype=yc.dtype, device=device_of(yc))
         steps = xp.concat([yck, z], axis=1) - xp.concat([z, yck], axis=1)  # (nr, N + 1, q)
         idx = xp.broadcast_to(oc[:, :, None], (*oc.shape, q))
         ds = xp.take_along_axis(steps, idx, axis=1)

@@ -31,12 +31,16 @@ prefix cutting and systematic sampling by summing over their small support (:mat
 
 from __future__ import annotations
 
-from ._compat import Array
+import warnings
+
+from ._compat import Array, device_of, is_traced
 from ._deprecation import positional_arrays
 from ._design import Design
 from ._units import quiet_float_errors
+from ._validation import any_true, check_finite_result
 from ._variance_engine import (
     BiasedVarianceEstimateWarning,
+    HajekLinearizationWarning,
     _check_sample,
     _est_dense,
     _est_successive,
@@ -48,6 +52,7 @@ from ._variance_engine import (
 
 __all__ = [
     "BiasedVarianceEstimateWarning",
+    "HajekLinearizationWarning",
     "design_variance",
     "variance_estimate",
 ]
@@ -91,7 +96,9 @@ def design_variance(
     Raises
     ------
     ValueError
-        If ``y`` is NaN or Inf at an eligible unit, or its shape does not match the design.
+        If ``y`` is NaN or Inf at an eligible unit, or its shape does not match the design; if
+        the variance overflows the result dtype (it is never returned as Inf); if the dense path
+        would exceed its size limit (the message gives the memory it would take).
 
     Notes
     -----
@@ -131,16 +138,22 @@ def design_variance(
     xp = r.xp
     # Optimistic: y is used as given (no masked copy of the whole array).  Ineligible positions
     # enter with weight 0, so a non-finite result means NaN/Inf padding there (recompute with it
-    # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (returned as is).
+    # zeroed), NaN/Inf at an eligible unit (an error) or a genuine overflow (an error too).
+    # Traced (JAX): no values to look at; always compute on the masked copy (this also keeps
+    # NaN padding out of gradients).
+    m3 = r.mask[:, :, None]
+    if is_traced(r.y, r.pi):
+        return r.restore(compute(xp.where(m3, r.y, xp.zeros_like(r.y))), cov)
     with quiet_float_errors():
         out = compute(r.y)
     if not bool(xp.all(xp.isfinite(out))):
-        m3 = r.mask[:, :, None]
-        if not bool(xp.all(xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y))))):
+        if any_true(xp, ~xp.isfinite(xp.where(m3, r.y, xp.zeros_like(r.y)))):
             raise ValueError(
                 "y contains NaN or Inf at eligible units; the design variance needs all of y"
             )
-        out = compute(xp.where(m3, r.y, xp.zeros_like(r.y)))
+        with quiet_float_errors():
+            out = compute(xp.where(m3, r.y, xp.zeros_like(r.y)))
+        check_finite_result(xp, out, "the design variance")
     return r.restore(out, cov)
 
 
@@ -206,14 +219,22 @@ def variance_estimate(
     ValueError
         Unknown ``method``/``estimator``; ``"syg"`` on a random-size design (Poisson, Prefix,
         Systematic with a non-integer :math:`\sum\pi`); ``sample`` not a subset of the design's
-        eligible units; an empty sample with ``estimator="hajek"``; fewer than 2 sampled units
-        with ``"successive_differences"``; NaN/Inf in ``y`` at a sampled unit.
+        eligible units; a ``sample`` the design never draws (not a prefix, or a cut of
+        probability 0, under Prefix; a size other than ``n`` under SimpleRandom; no start
+        :math:`u` producing it under Systematic, e.g. two adjacent units at a step of 2; a unit
+        with :math:`\pi_k = 1` left out under Poisson); an empty sample with
+        ``estimator="hajek"``; fewer than 2 sampled units with ``"successive_differences"``;
+        NaN/Inf in ``y`` at a sampled unit; an estimate that overflows the result dtype.
 
     Warns
     -----
     BiasedVarianceEstimateWarning
         For designs with some :math:`\pi_{kl} = 0` (systematic sampling; SimpleRandom with
         :math:`n = 1`).
+    HajekLinearizationWarning
+        ``estimator="hajek"`` under :class:`~nat_estimators.Prefix`: the linearization behind
+        the Hájek variance fails when one cut decides the whole row (the estimate's expectation
+        is 2–15% of the true variance, by exact enumeration); use ``estimator="ht"``.
 
     Notes
     -----
@@ -245,14 +266,25 @@ def variance_estimate(
             f"method='syg' needs a fixed-size design; this {type(design).__name__} design has a "
             "random sample size. Use method='ht'"
         )
-    zero = xp.zeros((1,), dtype=r.y.dtype, device=r.y.device)
+    design._refuse_impossible(sample)
+    zero = xp.zeros((1,), dtype=r.y.dtype, device=device_of(r.y))
     yv = xp.where(s[:, :, None], r.y, zero)  # values at unsampled units are never read
-    if not bool(xp.all(xp.isfinite(yv))):
+    if any_true(xp, ~xp.isfinite(yv)):
         raise ValueError("y contains NaN or Inf at sampled units")
     if estimator == "hajek":
+        if not design._hajek_linearizes:
+            warnings.warn(
+                f"estimator='hajek' under {type(design).__name__}: the linearized variance of the "
+                "Hájek mean assumes many independent draws per row, but one cut decides the whole "
+                "row, so the estimate is far too small (its expectation is 2-15% of the true "
+                "variance). Use estimator='ht' (variance of the unbiased HT total), or a design "
+                "with independent draws (Poisson, SimpleRandom) for the Hájek mean",
+                HajekLinearizationWarning,
+                stacklevel=3,
+            )
         w = _weights(xp, r.pi, s)
         nhat = xp.sum(w, axis=-1)
-        if bool(xp.any(nhat <= 0)):
+        if any_true(xp, nhat <= 0):
             raise ValueError(
                 "the Hájek mean (hence its variance) is undefined for an empty sample; a row of "
                 "sample has no sampled units"
@@ -260,12 +292,14 @@ def variance_estimate(
         ybar = _lin(xp, yv, w) / nhat[:, None]
         yv = xp.where(s[:, :, None], (yv - ybar[:, None, :]) / nhat[:, None, None], zero)
     cov = bool(covariance)
-    if method == "successive_differences":
-        out = _est_successive(r, yv, s, cov)
-    else:
-        out = design._variance_estimate(
-            r, yv, s, method=method, cov=cov, centered=estimator == "hajek"
-        )
-        if out is None:
-            out = _est_dense(r, yv, s, design, method, cov)
+    with quiet_float_errors():  # an overflow is reported below, not as a numpy warning
+        if method == "successive_differences":
+            out = _est_successive(r, yv, s, cov)
+        else:
+            out = design._variance_estimate(
+                r, yv, s, method=method, cov=cov, centered=estimator == "hajek"
+            )
+            if out is None:
+                out = _est_dense(r, yv, s, design, method, cov)
+    check_finite_result(xp, out, "the variance estimate")
     return r.restore(out, cov)

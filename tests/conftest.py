@@ -1,6 +1,7 @@
 """Shared fixtures: the array backends every test runs on.
 
-``backend`` parametrizes a test over numpy, torch (CPU), array-api-strict and, when a GPU is
+``backend`` parametrizes a test over numpy, torch (CPU), array-api-strict, JAX (CPU, with
+``jax_enable_x64`` on; skipped with the reason when JAX is not installed) and, when a GPU is
 present, torch on CUDA.  A :class:`Backend` knows its namespace and device, builds arrays there
 from numpy data (:meth:`Backend.asarray`) and copies results back (:meth:`Backend.to_numpy`), so a
 test body is written once, in numpy terms, and checks the library on every backend.
@@ -46,13 +47,23 @@ with warnings.catch_warnings():
 
 HAS_CUDA = bool(torch.cuda.is_available())
 
+try:  # optional backend (the [jax] extra); float64 as on the other backends
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+except ImportError:  # pragma: no cover - JAX not installed: its cases skip
+    jax = None
+    jnp = None
+JAX_MISSING = "JAX is not installed (pip install -e '.[jax]')"
+
 
 @dataclass(frozen=True)
 class Backend:
     """An array library on one device, with helpers to move numpy test data in and out."""
 
     name: str
-    module: Any  # the library itself (numpy, torch, array_api_strict)
+    module: Any  # the library itself (numpy, torch, array_api_strict, jax.numpy)
     device: Any
 
     @property
@@ -72,6 +83,8 @@ class Backend:
             return arr.copy()
         if self.module is torch:
             return torch.asarray(arr.copy(), device=self.device)
+        if jnp is not None and self.module is jnp:
+            return jnp.asarray(arr, device=self.device)
         return array_api_strict.asarray(arr, device=self.device)
 
     def dtype(self, name: str) -> Any:
@@ -108,6 +121,8 @@ _BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", torch, torch.device("cpu")),
     "array_api_strict": Backend("array_api_strict", array_api_strict, _STRICT_CPU),
 }
+_JAX_CPU = jax.devices("cpu")[0] if jax is not None else None
+_BACKENDS["jax"] = Backend("jax", jnp, _JAX_CPU)
 if HAS_CUDA:  # pragma: no cover - only on GPU machines
     _BACKENDS["torch-cuda"] = Backend("torch-cuda", torch, torch.device("cuda", 0))
 
@@ -121,6 +136,8 @@ BACKEND_NAMES = list(_BACKENDS)
 
 def _activate(name: str, backends: dict[str, Backend]) -> Iterator[Backend]:
     bk = backends[name]
+    if name == "jax" and jax is None:
+        pytest.skip(JAX_MISSING)
     if bk.module is array_api_strict:
         with array_api_strict.ArrayAPIStrictFlags(boolean_indexing=False,
                                                   data_dependent_shapes=False):
@@ -131,7 +148,7 @@ def _activate(name: str, backends: dict[str, Backend]) -> Iterator[Backend]:
 
 @pytest.fixture(scope="session", params=list(_BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """Every array backend: numpy, torch, array_api_strict (and torch-cuda when available)."""
+    """Every array backend: numpy, torch, array_api_strict, jax (and torch-cuda when available)."""
     yield from _activate(request.param, _BACKENDS)
 
 

@@ -71,8 +71,9 @@ def _static_numbers(page_a: str, page_b: str, written: set[str]) -> list[tuple[s
     return out
 
 
-def _pages(tmp_path: Path) -> tuple[str, str, set[str]]:
-    run = json.loads(RUN.read_text(encoding="utf-8"))
+def _pages(tmp_path: Path, run: dict[str, Any] | None = None) -> tuple[str, str, set[str]]:
+    if run is None:
+        run = json.loads(RUN.read_text(encoding="utf-8"))
     pages = []
     for i, out in enumerate((run, _scaled(copy.deepcopy(run)))):
         path = tmp_path / f"page{i}.md"
@@ -93,3 +94,19 @@ def test_the_check_rejects_a_hand_written_number(tmp_path: Path) -> None:
     a, b, written = _pages(tmp_path)
     prose = "The full-token step spends 66% of its time in matrix products."
     assert _static_numbers(a + "\n" + prose, b + "\n" + prose, written) == [(prose, "66")]
+
+
+def test_rl_selection_section_numbers_come_from_the_run(tmp_path: Path) -> None:
+    """The batch-scale selection section (a tiny real run added to the committed one) is on the
+    page, and its numbers come from the run as well."""
+    from benchmarks.rl_selection import run_rl_selection_benchmarks
+
+    rl = run_rl_selection_benchmarks(True, shape=(4, 64), verbose=False)
+    run = json.loads(RUN.read_text(encoding="utf-8"))
+    run["ratios"].update(rl["ratios"])
+    run["records"] += rl["records"]
+    a, b, written = _pages(tmp_path, run)
+    assert "## RL selection at batch scale" in a
+    assert "select/poisson_proportional" in a and "pack/crop" in a
+    static = _static_numbers(a, b, written)
+    assert not static, "\n".join(f"  {n!r} in: {line[:160]}" for line, n in static)

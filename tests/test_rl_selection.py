@@ -183,3 +183,31 @@ def test_bad_input():
         select_tokens(m[0], "poisson", 0.5)
     with pytest.raises(ValueError, match="keep"):
         select_tokens(m, "prefix", 0.01, full_keep=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["poisson_proportional", "systematic_proportional"])
+def test_proportional_pi_is_inclusion_probabilities_bit_for_bit(name, dtype):
+    """select_tokens skips the input checks it has already made and calls the capping core
+    directly: its pi is exactly the public inclusion_probabilities on the same rows (heavy-tailed
+    sizes, so rows have certainty units; gaps; an empty row gets pi = 0)."""
+    m = response_mask()
+    g = torch.Generator().manual_seed(5)
+    x = torch.exp(2.0 * torch.randn(m.shape, generator=g, dtype=torch.float64)).to(dtype)
+    for keep in (0.3, 0.7, 1.0):
+        sel = select_tokens(m, name, keep, sizes=x, generator=g)
+        rows = m.any(-1)
+        want = nat.inclusion_probabilities(x[rows].double(), keep * m[rows].sum(-1).double(),
+                                           mask=m[rows])
+        assert torch.equal(sel.pi[rows], want)
+        assert (sel.pi[~rows] == 0).all()
+    assert (sel.pi[m] == 1).all()  # keep 1: every eligible token is certain, exactly
+
+
+def test_proportional_pi_underflow_is_refused():
+    """Sizes spanning ~320 orders of magnitude would give pi = 0 (an infinite weight) to an
+    eligible token: refused with what to do."""
+    m = torch.ones(1, 3, dtype=torch.bool)
+    x = torch.tensor([[1.0, 1.0, 5e-324]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"orders of magnitude.*clamp_min"):
+        select_tokens(m, "poisson_proportional", 0.01, sizes=x)

@@ -36,9 +36,6 @@ theory pages and in :mod:`nat_estimators.rl`.
 from __future__ import annotations
 
 import math
-import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +52,8 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 
 from ..rl import DESIGNS, Selection, select_tokens
 from ..rl.selection import _design_names
+from ._common import check_version, floored_sizes
+from ._common import version_tuple as _version_tuple  # noqa: F401 (kept for callers)
 
 __all__ = ["TESTED_TRL", "NATGRPOConfig", "NATGRPOTrainer"]
 
@@ -64,34 +63,12 @@ TESTED_TRL: tuple[str, str] = ("1.16", "1.17")
 _ALLOW_ENV = "NAT_ESTIMATORS_ALLOW_UNTESTED_TRL"
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    """Leading numeric release components: ``"1.16.1.dev0+g1"`` -> ``(1, 16, 1)``."""
-    out = []
-    for part in v.split("+")[0].split("."):
-        m = re.match(r"\d+", part)
-        if m is None:
-            break
-        out.append(int(m.group(0)))
-        if m.end() < len(part):
-            break
-    return tuple(out)
-
-
 def _check_trl_version(version: str) -> None:
-    low, high = (_version_tuple(x) for x in TESTED_TRL)
-    if low <= _version_tuple(version) < high:
-        return
-    msg = (
-        f"nat_estimators.integrations.trl is tested with trl>={TESTED_TRL[0]},<{TESTED_TRL[1]} "
-        f"but trl {version} is installed; NATGRPOTrainer overrides private GRPOTrainer methods "
-        "that move between TRL releases. Install the tested range with "
-        f"pip install 'nat-estimators[trl]', or set {_ALLOW_ENV}=1 to try this version anyway "
-        "(then run the integration tests first)"
+    check_version(
+        "trl", version, TESTED_TRL, module="nat_estimators.integrations.trl", extra="trl",
+        why="NATGRPOTrainer overrides private GRPOTrainer methods that move between TRL releases",
+        allow_env=_ALLOW_ENV,
     )
-    if os.environ.get(_ALLOW_ENV) == "1":
-        warnings.warn(msg, UserWarning, stacklevel=3)
-        return
-    raise ImportError(msg)
 
 
 _check_trl_version(trl.__version__)
@@ -375,10 +352,7 @@ class NATGRPOTrainer(GRPOTrainer):
                         compute_entropy=src == "entropy",
                     )
             x = ent if src == "entropy" else -old
-        x = torch.nan_to_num(x.detach().to(torch.float64), nan=0.0).clamp_min(0.0)
-        mean = (x * mask).sum() / mask.sum().clamp_min(1)
-        floor = torch.clamp_min(1e-3 * mean, 1e-12)
-        return torch.where(mask, x.clamp_min(floor), torch.ones_like(x))
+        return floored_sizes(x, mask)
 
     def _nat_draw(self, out: dict[str, Any]) -> Selection:
         """Draw this process's selection for a scored generation batch ``out``."""

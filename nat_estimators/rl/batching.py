@@ -21,6 +21,7 @@ Conventions
 from __future__ import annotations
 
 import heapq
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -280,6 +281,11 @@ def pack_rows(
     [[0, 2], [1, 3]]
     """
     k = as_bool_mask(attention_mask, "attention_mask")
+    # numpy integers are fine (e.g. computed with numpy); bools are not
+    if isinstance(max_tokens, numbers.Integral) and not isinstance(max_tokens, bool):
+        max_tokens = int(max_tokens)
+    if isinstance(max_rows, numbers.Integral) and not isinstance(max_rows, bool):
+        max_rows = int(max_rows)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):

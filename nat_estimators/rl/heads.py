@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ._checks import as_bool_mask, check_2d, check_same_shape
+from ._checks import as_bool_mask, check_2d, check_positive_number, check_same_shape
 
 __all__ = ["token_logprobs"]
 
@@ -46,7 +46,8 @@ def token_logprobs(
         Also return the entropy :math:`H_{bt} = -\sum_v p_v \log p_v` of the predictive
         distribution at each target position.
     temperature : float, default 1.0
-        Logits are divided by it (as rollout samplers do).
+        Logits are divided by it (as rollout samplers do); a finite number > 0 (temperature 0 is
+        greedy decoding, whose log-probabilities are not defined).
 
     Returns
     -------
@@ -54,6 +55,14 @@ def token_logprobs(
         :math:`\log p_\theta(x_{bt} \mid x_{b,<t})` at ``positions``, 0 elsewhere; float32 at
         least (the logits are cast up before the log-softmax).
     entropy : torch.Tensor of shape (B, T), or None
+
+    Raises
+    ------
+    ValueError
+        ``hidden`` not a floating ``(B, T, H)`` tensor; ``input_ids`` not integer, or a target
+        id negative or not below the head's vocabulary size; ``temperature`` not finite and
+        > 0; ``head`` failing on ``[K, H]`` hidden states (wrong input size, dtype or device)
+        or not returning floating ``[K, V]`` logits.
 
     Notes
     -----
@@ -80,7 +89,15 @@ def token_logprobs(
     """
     if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3:
         raise ValueError("hidden must be a tensor of shape (B, T, H)")
+    if not hidden.is_floating_point():
+        raise ValueError(f"hidden must have a floating dtype (hidden states), got {hidden.dtype}")
+    check_positive_number(temperature, "temperature")
     ids = check_2d(input_ids, "input_ids")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(
+            f"input_ids must hold integer token ids, got dtype {ids.dtype}; convert with "
+            "input_ids.long() if they are exact integers"
+        )
     pos = as_bool_mask(positions, "positions")
     check_same_shape(ids, pos, "input_ids", "positions")
     if tuple(hidden.shape[:2]) != tuple(pos.shape):
@@ -92,12 +109,34 @@ def token_logprobs(
             "positions[:, 0] is set: the first token of a row has no context to predict it from"
         )
     b, t = pos.nonzero(as_tuple=True)
-    logits = head(hidden[b, t - 1])
+    h_sel = hidden[b, t - 1]
+    try:
+        logits = head(h_sel)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"head failed on the selected hidden states (shape {tuple(h_sel.shape)}, dtype "
+            f"{h_sel.dtype}, device {h_sel.device}): it must map [K, H] -> [K, V] logits; check "
+            f"its input size, dtype and device against hidden's ({err})"
+        ) from err
+    if (not isinstance(logits, torch.Tensor) or logits.ndim != 2
+            or logits.shape[0] != h_sel.shape[0] or not logits.is_floating_point()):
+        got = (f"shape {tuple(logits.shape)}, dtype {logits.dtype}"
+               if isinstance(logits, torch.Tensor) else type(logits).__name__)
+        raise ValueError(
+            f"head must return floating [K, V] logits for [K, H] = {tuple(h_sel.shape)} hidden "
+            f"states, got {got}"
+        )
+    vocab = int(logits.shape[1])
+    target = ids[b, t]
+    if target.numel() and bool(((target < 0) | (target >= vocab)).any()):
+        raise ValueError(
+            f"input_ids has target ids outside [0, {vocab}) (the head's vocabulary) at selected "
+            f"positions: min {int(target.min())}, max {int(target.max())}"
+        )
     dt = torch.promote_types(logits.dtype, torch.float32)
     logits = logits.to(dt)
-    if temperature != 1.0:
+    if not (isinstance(temperature, (int, float)) and temperature == 1.0):
         logits = logits / temperature
-    target = ids[b, t]
     ent = None
     if return_entropy:
         logp_all = torch.log_softmax(logits, dim=-1)

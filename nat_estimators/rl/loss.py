@@ -27,6 +27,7 @@ needs.  Those mode names are refused by :func:`agg_loss`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -195,6 +196,8 @@ def loss_coefficients(
     B = m.shape[0]
     if normalizer not in ("ht", "hajek"):
         raise ValueError(f"normalizer must be 'ht' or 'hajek', got {normalizer!r}")
+    if isinstance(dp_size, numbers.Integral) and not isinstance(dp_size, bool):
+        dp_size = int(dp_size)  # numpy integers are fine
     if isinstance(dp_size, bool) or not isinstance(dp_size, int) or dp_size < 1:
         raise ValueError(f"dp_size must be a positive int, got {dp_size!r}")
     if normalizers is not None and not isinstance(normalizers, LossNormalizers):
@@ -342,8 +345,13 @@ def agg_loss(
         or float64.  ``None`` means the full loss (:math:`w = m`).
     normalizer : {"ht", "hajek"}, default "ht"
         ``"ht"``: unbiased.  ``"hajek"``: each row's weights are self-normalised to sum to
-        :math:`L_i` (a separate ratio estimator), **biased** (:math:`O(1/n_i)`), sometimes lower
-        variance; every selected token of a row must be in the tensors passed.
+        :math:`L_i` (a separate ratio estimator), **biased**, sometimes lower variance; every
+        selected token of a row must be in the tensors passed.  The bias is :math:`O(1/n_i)`
+        only for designs whose sample is many independent draws (Poisson, simple random,
+        systematic); under prefix cutting one cut decides the whole row and the bias does **not**
+        shrink with the row length (for a loss rising linearly from 0 to 1 along the response,
+        about -0.19 at keep 0.5 for rows of 10 or 1000 tokens, exact over every cut) — see
+        :doc:`/theory/hajek`.
     num_tokens : int, float or 0-d tensor, optional
         Global :math:`N` for ``token-mean``/``dapo``/``cispo`` (default: from ``normalizers``,
         else the local full mask).  ``bnpo``/``openrlhf_token_level`` use the local count: of

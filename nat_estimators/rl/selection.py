@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import Prefix, inclusion_probabilities
+from .. import Prefix
+from .._compat import namespace
 from .._deprecation import deprecated
 from .._design import Design
+from .._validation import trusted
 from ..estimators import ht_weights
+from ..inclusion import _capped_probabilities
 from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weight_dtype
 
 __all__ = ["DESIGNS", "Selection", "select_tokens"]
@@ -147,14 +150,23 @@ class Selection:
 def _proportional_pi(
     sizes: torch.Tensor, mask: torch.Tensor, keep: float
 ) -> torch.Tensor:
-    """pi_k = min(1, c x_k) with sum = keep * N_i on rows with eligible tokens, 0 elsewhere."""
-    count = mask.sum(-1)
-    rows = count > 0
-    pi = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
-    if bool(rows.any()):
-        x = sizes[rows].to(torch.float64)
-        n = count[rows].to(torch.float64) * keep
-        pi = pi.index_put((rows.nonzero()[:, 0],), inclusion_probabilities(x, n, mask=mask[rows]))
+    r"""float64 :math:`\pi_k = \min(1, c x_k)` with :math:`\sum_k \pi_k = \kappa N_i` per row (0
+    on rows without eligible tokens); ``sizes`` already checked finite and > 0 on ``mask``.
+
+    All rows at once, through :func:`~nat_estimators.inclusion_probabilities`' capping (one
+    sort, one cumulative sum): every eligible size is positive, so the number of positive sizes
+    of a row is its eligible count :math:`N_i` and the input checks are not repeated.
+    """
+    count = mask.sum(-1, dtype=torch.float64)
+    xs = sizes.to(torch.float64, copy=True).masked_fill_(~mask, 0.0)
+    pi = _capped_probabilities(namespace(xs), xs, count * keep, count)
+    # pi = 0 exactly off the mask, so every eligible pi is positive iff the counts agree
+    if int((pi > 0).sum()) != int(count.sum()):
+        raise ValueError(
+            "sizes span too many orders of magnitude: pi = keep * N_i * x_k / sum(x) underflows "
+            "to 0 on some eligible token (infinite weight). Floor the sizes, e.g. "
+            "sizes.clamp_min(1e-6 * sizes.max())"
+        )
     return pi
 
 
@@ -261,7 +273,9 @@ def select_tokens(
                 raise ValueError("sizes must be a floating-point tensor")
             check_same_shape(sizes, m, "sizes", "response_mask")
             sizes = sizes.detach()
-            if bool((m & ~(torch.isfinite(sizes) & (sizes > 0))).any()):
+            # one pass and two reductions; NaN propagates through amin, so it fails "> 0"
+            lo, hi = torch.aminmax(torch.where(m, sizes, 1.0)) if sizes.numel() else (1, 1)
+            if not (bool(lo > 0) and bool(hi < torch.inf)):
                 raise ValueError(
                     "sizes must be finite and > 0 on every eligible token: a size of 0 gives "
                     "pi = 0 (never sampled, infinite weight). Add a floor, e.g. "
@@ -272,7 +286,8 @@ def select_tokens(
         cls = Design.registered()[design.removesuffix(_PROPORTIONAL)]
         if proportional:
             assert sizes is not None
-            d = cls(_proportional_pi(sizes, m, kappa), mask=m)  # type: ignore[call-arg]
+            # pi in (0, 1] on the mask and 0 off it by construction: skip re-validation
+            d = trusted(cls, pi=_proportional_pi(sizes, m, kappa), mask=m)
         else:
             accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
             options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))

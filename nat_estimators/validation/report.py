@@ -38,8 +38,12 @@ def _f(v: Any, spec: str = ".3g") -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    def row(cells: list[str]) -> str:
+        # a literal "|" inside a cell (|z|, |E g - g|) would split the column: escape it
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [row(header), "|" + "|".join("---" for _ in header) + "|"]
+    out += [row(r) for r in rows]
     return "\n".join(out)
 
 

@@ -1,0 +1,104 @@
+"""Every measured number in the README's "What has been measured" section comes from a run.
+
+The README quotes a few figures from the generated result pages.  Each quoted phrase is rebuilt here
+from the committed run it summarises (``benchmarks/results/latest.json`` for the savings, the
+validation report for unbiasedness), so re-running a benchmark without updating the README fails
+this test instead of leaving a stale number on the project's front page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BENCH = ROOT / "benchmarks" / "results" / "latest.json"
+VALIDATION = ROOT / "validation" / "results" / "report.md"
+
+
+def measured_section(text: str) -> str:
+    """The README's "What has been measured" section (up to the next second-level heading)."""
+    match = re.search(r"^## What has been measured\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README has no '## What has been measured' section"
+    return " ".join(match.group(1).split())  # line breaks in the prose do not matter
+
+
+def _cells(line: str) -> list[str]:
+    """A markdown table row's cells (``\\|`` is a literal bar inside a cell)."""
+    inner = line.strip()[1:-1]
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
+
+
+def report_table(report: str, heading: str) -> list[dict[str, str]]:
+    """Rows of the first markdown table after ``heading`` in the validation report."""
+    section = report.split(heading, 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = _cells(lines[0])
+    rows = []
+    for line in lines[2:]:
+        cells = _cells(line)
+        if len(cells) != len(header):
+            break
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _bench() -> dict[str, float]:
+    return json.loads(BENCH.read_text())["ratios"]
+
+
+def _max_exact_error() -> float:
+    rows = report_table(VALIDATION.read_text(), "## Exact proofs by enumeration")
+    return max(float(row["max |E ĝ − g|"]) for row in rows)
+
+
+def _min_control_z() -> float:
+    rows = report_table(VALIDATION.read_text(), "## Negative controls")
+    return min(float(row["min over modes of max |z|"]) for row in rows)
+
+
+def _floor_tens(x: float) -> int:
+    return int(math.floor(x / 10.0) * 10)
+
+
+def _up_2sig(x: float) -> str:
+    """x rounded up to two significant digits, in the report's ``1.4e-13`` style."""
+    exponent = math.floor(math.log10(x))
+    mantissa = math.ceil(x / 10**exponent * 10) / 10
+    return f"{mantissa:.1f}e{exponent:03d}".replace("e-0", "e-")
+
+
+def _ratio(key: str) -> str:
+    return f"{_bench()[key]:.2f}"
+
+
+#: (what the phrase says, how to build it from the committed runs)
+PHRASES: list[tuple[str, Callable[[], str]]] = [
+    ("exact unbiasedness error", lambda: f"gradient to ≤ {_up_2sig(_max_exact_error())}"),
+    ("controls rejected", lambda: f"rejected with |z| > {_floor_tens(_min_control_z())}"),
+    ("prefix time", lambda: f"costs {_ratio('rpc_time_ratio@0.5')}× the full-token step time"),
+    ("prefix memory", lambda: f"and {_ratio('rpc_peak_memory_ratio@0.5')}× its peak memory"),
+    ("URS head memory", lambda: f"the LM-head memory ({_ratio('urs_head_memory_ratio@0.5')}×)"),
+]
+
+
+@pytest.mark.parametrize(("what", "phrase"), PHRASES, ids=[what for what, _ in PHRASES])
+def test_readme_number_comes_from_the_committed_run(what: str, phrase: Callable[[], str]) -> None:
+    section = measured_section(README.read_text())
+    expected = phrase()
+    assert expected in section, f"README's {what} is stale: expected the phrase {expected!r}"
+
+
+def test_a_changed_number_is_caught() -> None:
+    """Negative control: the same check rejects a section whose number differs from the run."""
+    section = measured_section(README.read_text())
+    expected = PHRASES[2][1]()
+    value = _ratio("rpc_time_ratio@0.5")
+    stale = section.replace(expected, expected.replace(value, f"{float(value) + 0.01:.2f}"))
+    assert expected in section and expected not in stale
