@@ -53,13 +53,11 @@ Run from the repository root: ``python benchmarks/run.py --quick`` (this section
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -68,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.timing import loadavg, measure_peak_bytes, sync
 from nat_estimators.costmodel import (
     TransformerConfig,
     batch_step_cost,
@@ -266,63 +265,6 @@ def draw_selections(
 
 
 # --------------------------------------------------------------------------- measurement
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def _quiet_fd2() -> Iterator[None]:
-    """Silence file descriptor 2 (the profiler's C++ start/stop lines) inside the block."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (e.g. captured stderr)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
-    """Peak allocated bytes of ``fn()`` above the bytes live when it starts, and the method."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - base), "cuda_max_memory_allocated"
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [
-        e
-        for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    ]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return float(peak), "torch_profiler_cpu_allocator"
-
-
-def _loadavg() -> float | None:
-    try:
-        return float(os.getloadavg()[0])
-    except (OSError, AttributeError):
-        return None
-
-
 # --------------------------------------------------------------------------- the step
 def _step(
     model: nn.Module,
@@ -572,11 +514,11 @@ def run_nat_step_benchmarks(
             for n in order:
                 s_idx = (r - 1) % len(cases[n])
                 fn = cases[n][s_idx]
-                _sync(dev)
+                sync(dev)
                 c0 = time.process_time()
                 t0 = time.perf_counter()
                 nmb = fn()
-                _sync(dev)
+                sync(dev)
                 wall = time.perf_counter() - t0
                 dt = time.process_time() - c0 if use_cpu_clock else wall
                 if r > 0:
@@ -588,7 +530,7 @@ def run_nat_step_benchmarks(
                 gc.enable()
         log(
             f"  time round {r}/{st.rounds} done ({time.perf_counter() - t_start:.0f} s, "
-            f"load {_loadavg()})"
+            f"load {loadavg()})"
         )
     full_t = [t for _, t in times["full"]]
     med_full = statistics.median(full_t)
@@ -740,7 +682,7 @@ def run_nat_step_benchmarks(
             "quick": quick,
             "wall_s": time.perf_counter() - t_start,
             "memory_method": method,
-            "loadavg_1min_end": _loadavg(),
+            "loadavg_1min_end": loadavg(),
         }
     )
     return {"ratios": ratios, "records": records, "setup": asdict(st)}

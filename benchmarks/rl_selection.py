@@ -33,18 +33,20 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks import timing  # noqa: E402
 
 __all__ = ["TARGET", "run_rl_selection_benchmarks"]
 
@@ -166,11 +168,11 @@ def run_rl_selection_benchmarks(
     if dev.type == "cuda":
         clock = "wall"
     tick = time.process_time if clock == "cpu" else time.perf_counter
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = partial(timing.sync, dev)
     before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load0 = timing.loadavg()
     t0 = time.perf_counter()
     try:
         log(f"[rl_selection] {rows} x {tokens} on {dev}, clock {clock}, "
@@ -217,7 +219,7 @@ def run_rl_selection_benchmarks(
         "wall_s": time.perf_counter() - t0,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "loadavg_1min_start": load0,
-        "loadavg_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "loadavg_1min_end": timing.loadavg(),
     })
     return {"ratios": ratios, "records": records}
 

@@ -69,6 +69,10 @@ import numpy as np
 
 import nat_estimators as nat
 
+if __package__ in (None, ""):  # run as a script: import the benchmarks package from the root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import timing
+
 __all__ = ["TARGETS", "machine_info", "run_sampler_benchmarks"]
 
 #: Batch shape of the ragged-batch section.
@@ -173,13 +177,6 @@ def _summary(ts: list[float]) -> dict[str, float]:
     }
 
 
-def _loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-
-
 def _med(ts: list[float]) -> float:
     return float(statistics.median(ts))
 
@@ -236,14 +233,6 @@ def _backends(torch_device: str) -> list[tuple[str, Any]]:
         return out
     out.append(("torch", torch.device(torch_device)))
     return out
-
-
-def _sync_for(device: Any) -> Callable[[], None]:
-    if device is not None and device.type == "cuda":
-        import torch
-
-        return torch.cuda.synchronize
-    return lambda: None
 
 
 @dataclass
@@ -311,7 +300,7 @@ def _batch_section(quick: bool, torch_device: str, log: Callable[[str], None]) -
     }
 
     for backend, device in _backends(torch_device):
-        sync = _sync_for(device)
+        sync = partial(timing.sync, device)
         env = _backend_env(backend, device, mask_np, rng)
         mask, gen = env.mask, env.gen
         draw_rng_desc = env.rng_desc
@@ -680,7 +669,7 @@ def run_sampler_benchmarks(
             print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    load0 = _loadavg()
+    load0 = timing.loadavg()
     if load0 is not None and load0 > 0.5 * (os.cpu_count() or 1):
         log(
             f"  WARNING: load average {load0:.2f} on {os.cpu_count()} cores: other processes are "
@@ -720,7 +709,7 @@ def run_sampler_benchmarks(
             "torch_threads": threads_used,
             "wall_s": time.perf_counter() - t0,
             "loadavg_1min_start": load0,
-            "loadavg_1min_end": _loadavg(),
+            "loadavg_1min_end": timing.loadavg(),
         }
     )
     return {"ratios": ratios, "records": records}

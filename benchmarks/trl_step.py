@@ -28,12 +28,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: import the benchmarks package from the root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import timed
 
 KEEPS = (0.25, 0.5, 0.75)
 DESIGNS = ("prefix", "systematic")
@@ -115,14 +119,12 @@ def _window(trainer: Any, mbs: list[dict[str, Any]], counter: _Counter | None = 
     trainer.model.zero_grad(set_to_none=True)
     trainer.current_gradient_accumulation_steps = len(mbs)
     model = trainer.model if counter is None else counter
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for mb in mbs:
-        trainer.compute_loss(model, mb).backward()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+    def run() -> None:
+        for mb in mbs:
+            trainer.compute_loss(model, mb).backward()
+
+    return timed(run, torch.device("cuda") if torch.cuda.is_available() else None)[1]
 
 
 def _nat_micro_batches(trainer: Any, batch: dict[str, Any], spg: int) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
+import sys
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +26,10 @@ from typing import Any
 import numpy as np
 
 import nat_estimators as nat
+
+if __package__ in (None, ""):  # run as a script: import the benchmarks package from the root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import repeat_ms
 
 TARGET_MS = 50.0
 B, N, Q = 64, 32768, 16
@@ -56,16 +60,6 @@ def _designs(xp_name: str, dtype: str) -> tuple[Any, dict[str, Any]]:
     return conv(y), designs
 
 
-def _time(fn: Callable[[], Any], reps: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
@@ -84,7 +78,7 @@ def main() -> None:
           f"y = {ybytes / 2**20:.0f} MiB; target <= {TARGET_MS:.0f} ms (Prefix, Poisson); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     for name, d in designs.items():
-        times = _time(lambda d=d: nat.design_variance(y, d, axis=1), args.reps)
+        times = repeat_ms(lambda d=d: nat.design_variance(y, d, axis=1), args.reps)
         med = statistics.median(times)
         flag = ""
         if not name.startswith("Systematic"):

@@ -22,26 +22,8 @@ import time
 import torch
 
 from nat_estimators.demo.models import TinyCausalLM
+from nat_estimators.demo.rollouts import group_advantages, response_logprobs, sample_responses
 from nat_estimators.rl import DESIGNS, LOSS_MODES, GRPOBatch, GRPOConfig, grpo_step, needs_sizes
-
-
-@torch.no_grad()
-def sample_completions(model, prompts, length, generator):
-    """Autoregressive sampling (a loop over tokens: generation, not the training hot path)."""
-    ids = prompts
-    for _ in range(length):
-        logits = model(ids)[:, -1]
-        nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-        ids = torch.cat([ids, nxt], dim=1)
-    return ids
-
-
-@torch.no_grad()
-def token_logprobs_full(model, ids, attention_mask):
-    logp = torch.log_softmax(model(ids, attention_mask), -1)
-    out = torch.zeros(ids.shape, dtype=logp.dtype)
-    out[:, 1:] = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-    return out
 
 
 def main() -> None:
@@ -81,14 +63,15 @@ def main() -> None:
     for step in range(args.steps):
         prompts = torch.randint(0, args.vocab, (args.prompts, P), generator=gen)
         prompts = prompts.repeat_interleave(args.group, dim=0)
-        ids = sample_completions(model, prompts, C, gen)
+        completions, _, _ = sample_responses(model, prompts, max_new=C, generator=gen)
+        ids = torch.cat([prompts, completions], dim=1)
         am = torch.ones(ids.shape, dtype=torch.bool)
         rm = am.clone()
         rm[:, :P] = False
-        reward = (ids[:, P:] == target).double().mean(-1)
-        r = reward.view(args.prompts, args.group)
-        adv = ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-6)).flatten()
-        old = token_logprobs_full(model, ids, am)
+        reward = (completions == target).double().mean(-1)
+        adv = group_advantages(reward, args.group)
+        with torch.no_grad():
+            old = torch.nn.functional.pad(response_logprobs(model, prompts, completions), (P, 0))
         sizes = None
         if needs_sizes(args.design):
             sizes = (adv.abs()[:, None] + 0.1).expand(ids.shape).float()

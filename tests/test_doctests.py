@@ -31,6 +31,8 @@ MODULES = [
     "nat_estimators.costmodel",
     "nat_estimators.cli",
     "nat_estimators.demo.models",
+    "nat_estimators.demo.rollouts",
+    "nat_estimators.demo.tasks",
     "nat_estimators.rl",
     "nat_estimators.rl.batching",
     "nat_estimators.rl.controller",

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BENCH = ROOT / "benchmarks" / "results" / "latest.json"
 VALIDATION = ROOT / "validation" / "results" / "report.md"
+TRAINING = ROOT / "benchmarks" / "results" / "training.json"
+ALLOCATION = ROOT / "benchmarks" / "results" / "allocation.json"
 
 
 def measured_section(text: str) -> str:
@@ -74,6 +76,21 @@ def _up_2sig(x: float) -> str:
     return f"{mantissa:.1f}e{exponent:03d}".replace("e-0", "e-")
 
 
+def _train(key: str, fmt: str = ".2f") -> str:
+    return format(json.loads(TRAINING.read_text())["summary"][key], fmt)
+
+
+OPT_PREFIX = "optimal_prefix_variance_ratio_vs_rpc@0.5"
+OPT_PREFIX_SHARED = "optimal_prefix_shared_variance_ratio_vs_rpc@0.5"
+OPT_POISSON = "optimal_poisson_variance_ratio_vs_urs@0.5"
+OPT_POISSON_SHARED = "optimal_poisson_shared_variance_ratio_vs_urs@0.5"
+CONTROLLER = "controller_variance_ratio_error"
+
+
+def _alloc(key: str, fmt: str = ".2f") -> str:
+    return format(json.loads(ALLOCATION.read_text())["ratios"][key], fmt)
+
+
 def _ratio(key: str) -> str:
     return f"{_bench()[key]:.2f}"
 
@@ -85,6 +102,20 @@ PHRASES: list[tuple[str, Callable[[], str]]] = [
     ("prefix time", lambda: f"costs {_ratio('rpc_time_ratio@0.5')}× the full-token step time"),
     ("prefix memory", lambda: f"and {_ratio('rpc_peak_memory_ratio@0.5')}× its peak memory"),
     ("URS head memory", lambda: f"the LM-head memory ({_ratio('urs_head_memory_ratio@0.5')}×)"),
+    ("optimal prefix", lambda: f"has {_alloc(OPT_PREFIX)}× the variance of the paper's RPC"),
+    ("optimal prefix shared", lambda: f"({_alloc(OPT_PREFIX_SHARED, '.3f')}× with one budget"),
+    ("optimal Poisson", lambda: f"Neyman-optimal Poisson {_alloc(OPT_POISSON)}× that of URS "
+                                f"({_alloc(OPT_POISSON_SHARED, '.3f')}× shared)"),
+    ("controller error", lambda: f"misses by up to +{_alloc(CONTROLLER, '.0%')}"),
+    ("training prefix time", lambda: f"costs {_train('prefix@0.5/time_ratio')}× the full-token "
+                                     "fwd+bwd time"),
+    ("training final rewards", lambda: f"ends at reward {_train('prefix@0.5/final_reward')} "
+                                       f"against {_train('full/final_reward')} for full-token"),
+    ("training TOST", lambda: f"(TOST p = {_train('prefix@0.5/tost_p')}: not equivalent)"),
+    ("training variance", lambda: f"variance is {_train('prefix@0.5/variance_ratio', '.1f')}× the "
+                                  "rollout variance"),
+    ("training Poisson", lambda: f"Poisson at 0.5 adds {_train('poisson@0.5/variance_ratio')}× and "
+                                 f"ends closer ({_train('poisson@0.5/final_reward')})"),
 ]
 
 

@@ -1,22 +1,11 @@
 r"""Small policies and a toy task with a verifiable reward, for the validation suite.
 
-Task ("digit sum")
-------------------
-The prompt is a target :math:`t \in \{1, \dots, 60\}` written as two digit tokens followed by a
-separator, ``[t // 10, t % 10, SEP]``.  The answer is a string of digit tokens followed by
-``EOS``; its reward is verifiable:
-
-.. math::
-
-    r = \begin{cases}
-        1 & \text{EOS emitted and } \sum \text{digits} = t, \\
-        \max\bigl(0,\ 1 - |\sum \text{digits} - t| / \max(t, 5)\bigr) / 2
-          & \text{EOS emitted, wrong sum}, \\
-        0 & \text{no EOS within the length limit.}
-    \end{cases}
-
-Answers have variable length (a policy may reach 30 with ``9 9 9 3`` or ``5 5 5 5 5 5``) and end
-at ``EOS``, which is a response token (eligible for the loss) like every digit.
+Task
+----
+The digit-sum task of :class:`nat_estimators.demo.tasks.DigitSum` (short answers ending at
+``EOS``, verifiable reward); rollouts are sampled by
+:func:`nat_estimators.demo.rollouts.sample_responses` and advantages are
+:func:`nat_estimators.demo.rollouts.group_advantages`.
 
 Policies
 --------
@@ -43,6 +32,8 @@ import torch
 from torch import nn
 
 from nat_estimators.demo.models import TransformerBlock, causal_key_mask
+from nat_estimators.demo.rollouts import group_advantages, response_logprobs, sample_responses
+from nat_estimators.demo.tasks import DigitSum
 
 __all__ = [
     "EOS",
@@ -64,12 +55,15 @@ __all__ = [
     "rollout",
 ]
 
-EOS = 10
-SEP = 11
-VOCAB = 12
-PROMPT_LEN = 3
-MAX_TARGET = 60
-MAX_NEW = 24  # response length limit during training
+TASK = DigitSum()
+EOS = TASK.eos
+SEP = TASK.sep
+VOCAB = TASK.vocab
+PROMPT_LEN = TASK.prompt_len
+MAX_TARGET = TASK.max_target
+MAX_NEW = TASK.max_new  # response length limit during training
+make_prompts = TASK.prompts
+reward = TASK.reward
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 
@@ -171,34 +165,6 @@ def load_policy(
     return model.to(device=device, dtype=dtype).eval()
 
 
-# ----------------------------------------------------------------------------- task
-def make_prompts(targets: torch.Tensor) -> torch.Tensor:
-    """Prompt tokens ``[t // 10, t % 10, SEP]`` for targets ``t`` (shape (B,)), int64 (B, 3)."""
-    t = targets.to(torch.int64)
-    return torch.stack([t // 10, t % 10, torch.full_like(t, SEP)], dim=-1)
-
-
-def reward(targets: torch.Tensor, responses: torch.Tensor, lengths: torch.Tensor,
-           finished: torch.Tensor) -> torch.Tensor:
-    """Verifiable reward of each answer (see the module docstring), float32 (B,)."""
-    T = responses.shape[-1]
-    pos = torch.arange(T, device=responses.device)
-    digit = (pos[None, :] < lengths[:, None] - finished[:, None].long()) & (responses < 10)
-    s = torch.where(digit, responses, torch.zeros_like(responses)).sum(-1).float()
-    t = targets.float()
-    exact = finished & (s == t)
-    partial = (1 - (s - t).abs() / t.clamp(min=5)).clamp(min=0) / 2
-    return torch.where(exact, torch.ones_like(s), torch.where(finished, partial,
-                                                               torch.zeros_like(s)))
-
-
-def group_advantages(rewards: torch.Tensor, group: int, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO advantages: rewards normalised within consecutive groups of ``group`` rows."""
-    r = rewards.view(-1, group)
-    a = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + eps)
-    return a.reshape(-1)
-
-
 @dataclass(frozen=True)
 class Rollouts:
     """A batch of sampled answers (right padded).
@@ -250,15 +216,6 @@ class Rollouts:
         return Rollouts(**out)
 
 
-def response_logprobs(model: nn.Module, prompts: torch.Tensor,
-                      responses: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of the response tokens under ``model`` (full forward), (B, T)."""
-    ids = torch.cat([prompts, responses], dim=-1)
-    logits = model(ids)[:, prompts.shape[-1] - 1 : -1]
-    return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16)
-                             else logits, -1).gather(-1, responses[..., None])[..., 0]
-
-
 @torch.no_grad()
 def rollout(
     model: nn.Module,
@@ -270,27 +227,13 @@ def rollout(
     temperature: float = 1.0,
 ) -> Rollouts:
     """Sample ``group`` answers per target (rows ``[g*group:(g+1)*group]`` share a target)."""
-    dev = targets.device
     tg = targets.repeat_interleave(group)
     prompts = make_prompts(tg)
-    B = tg.shape[0]
-    ids = prompts
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(B, dtype=torch.int64, device=dev)
-    for _ in range(max_new):
-        logits = model(ids)[:, -1].float() / temperature
-        probs = torch.softmax(logits, -1)
-        nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        nxt = torch.where(done, torch.full_like(nxt, EOS), nxt)
-        lengths = lengths + (~done).long()
-        done = done | (nxt == EOS)
-        ids = torch.cat([ids, nxt[:, None]], dim=-1)
-        if bool(done.all()):
-            break
-    responses = ids[:, PROMPT_LEN:]
-    T = responses.shape[-1]
-    mask = torch.arange(T, device=dev)[None, :] < lengths[:, None]
-    finished = done
+    responses, lengths, finished = sample_responses(
+        model, prompts, max_new=max_new, generator=generator, temperature=temperature, eos=EOS,
+        kv_cache=False,
+    )
+    mask = torch.arange(responses.shape[-1], device=tg.device)[None, :] < lengths[:, None]
     r = reward(tg, responses, lengths, finished)
     adv = group_advantages(r, group)
     old = response_logprobs(model, prompts, responses).float()
