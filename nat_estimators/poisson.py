@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ._compat import Array, device_of, float64_or_best, is_array, namespace, on_other_device
 from ._deprecation import deprecated
@@ -28,6 +28,9 @@ from .allocation import optimal_inclusion
 from .inclusion import inclusion_probabilities
 
 __all__ = ["Poisson"]
+
+
+_P = TypeVar("_P", bound="Poisson")
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -108,14 +111,14 @@ class Poisson(_PiDesign, name="poisson"):
 
     @classmethod
     def optimal(
-        cls,
+        cls: type[_P],
         second_moment: Array,
         keep: Any,
         *,
         mask: Array | None = None,
         floor: float = 0.0,
         shared: bool = False,
-    ) -> Poisson:
+    ) -> _P:
         r"""Neyman / PPS-optimal :math:`\pi \propto \sqrt{m_t}` capped at 1, at keep fraction
         ``keep``.
 
@@ -145,9 +148,15 @@ class Poisson(_PiDesign, name="poisson"):
         --------
         >>> import numpy as np
         >>> import nat_estimators as nat
+
+        The same constructor builds both fixed-π designs (Poisson and systematic):
+
         >>> d = nat.Poisson.optimal(np.array([1.0, 1.0, 4.0, 400.0]), 0.5)
         >>> d.inclusion_probabilities()
         array([0.25, 0.25, 0.5 , 1.  ])
+        >>> s = nat.Systematic.optimal(np.array([1.0, 1.0, 4.0, 400.0]), 0.5)
+        >>> type(s).__name__, s.inclusion_probabilities()
+        ('Systematic', array([0.25, 0.25, 0.5 , 1.  ]))
         """
         a = optimal_inclusion(second_moment, keep, mask=mask, floor=floor, shared=shared)
         return cls(a.pi, mask=mask)

@@ -43,7 +43,6 @@ from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import any_true, trusted
 from ._variance_engine import _lin, _Rows, _scan_sq, _weights
-from .allocation import optimal_inclusion
 from .inclusion import inclusion_probabilities
 from .poisson import Poisson
 
@@ -102,51 +101,9 @@ class Systematic(_PiDesign, name="systematic"):
         deprecated("Systematic.uniform(keep, mask=...)", "Systematic.from_fraction(keep, mask=...)")
         return cls.from_fraction(keep, mask=mask)
 
-    @classmethod
-    def optimal(
-        cls,
-        second_moment: Array,
-        keep: Any,
-        *,
-        mask: Array | None = None,
-        floor: float = 0.0,
-        shared: bool = False,
-    ) -> Systematic:
-        r"""Neyman / PPS-optimal :math:`\pi \propto \sqrt{m_t}` capped at 1, at keep fraction
-        ``keep``.
-
-        Minimises :math:`\sum_t (1/\pi_t - 1) m_t` (the Poisson variance of the total; for
-        systematic sampling its expectation under uncorrelated tokens with second moments
-        :math:`m_t`) at :math:`\sum_t \pi_t = \kappa N_i`, :math:`\text{floor} \le \pi \le 1`;
-        see :func:`~nat_estimators.allocation.optimal_inclusion` (with the certificate) and
-        :doc:`/theory/allocation`.
-
-        Parameters
-        ----------
-        second_moment : array, shape (..., N)
-            Per-token second moments :math:`m_t \ge 0` or a proxy, fixed before the draw
-            (e.g. :math:`(|A_t| H_t)^2`).
-        keep : float
-            Expected keep fraction :math:`\kappa \in (0, 1]`, at least ``floor``.
-        mask : array of bool, shape (..., N), optional
-            Eligible positions.
-        floor : float, default 0.0
-            Smallest :math:`\pi` (bounds the weights by ``1/floor``); with 0 every eligible
-            :math:`m_t` must be positive.
-        shared : bool, default False
-            One budget for the whole batch (:math:`\kappa \sum_i N_i` expected tokens) instead
-            of :math:`\kappa N_i` per row.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import nat_estimators as nat
-        >>> d = nat.Systematic.optimal(np.array([1.0, 1.0, 4.0, 400.0]), 0.5)
-        >>> d.inclusion_probabilities()
-        array([0.25, 0.25, 0.5 , 1.  ])
-        """
-        a = optimal_inclusion(second_moment, keep, mask=mask, floor=floor, shared=shared)
-        return cls(a.pi, mask=mask)
+    #: Neyman / PPS-optimal :math:`\pi \propto \sqrt{m_t}` capped at 1: the one constructor shared
+    #: with :meth:`Poisson.optimal <nat_estimators.Poisson.optimal>` (same π, drawn systematically).
+    optimal = Poisson.__dict__["optimal"]
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Systematic:
