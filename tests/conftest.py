@@ -158,6 +158,29 @@ def device_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield from _activate(request.param, _DEVICE_BACKENDS)
 
 
+#: Hypothesis examples per test on JAX: every new shape compiles each XLA primitive again (eager
+#: JAX), so the random-shape property tests run fewer examples there (the same strategies).
+JAX_MAX_EXAMPLES = 10
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Run hypothesis tests on the ``jax`` backend with at most ``JAX_MAX_EXAMPLES`` examples."""
+    fn = getattr(item, "obj", None)
+    callspec = getattr(item, "callspec", None)
+    current = getattr(fn, "_hypothesis_internal_use_settings", None)
+    on_jax = callspec is not None and any(
+        isinstance(v, str) and v == "jax" for v in callspec.params.values())
+    if current is None or not on_jax or current.max_examples <= JAX_MAX_EXAMPLES:
+        yield
+        return
+    fn._hypothesis_internal_use_settings = settings(current, max_examples=JAX_MAX_EXAMPLES)
+    try:
+        yield
+    finally:
+        fn._hypothesis_internal_use_settings = current
+
+
 @pytest.fixture(scope="session")
 def numpy_backend() -> Backend:
     """The numpy backend alone (reference computations)."""

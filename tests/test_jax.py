@@ -131,7 +131,7 @@ def test_inclusion_probabilities_under_jit(i: int) -> None:
     np.testing.assert_allclose(_np(got), expected, rtol=1e-12, atol=0)
 
 
-def test_inclusion_probabilities_grad_matches_torch() -> None:
+def test_inclusion_probabilities_grad_and_vmap() -> None:
     """d/dx sum_k c_k pi_k(x) (per-row n, a mask, capped units): JAX grad == torch autograd."""
     rng = np.random.default_rng(4)
     x = rng.lognormal(0, 1, (3, 8))
@@ -152,6 +152,11 @@ def test_inclusion_probabilities_grad_matches_torch() -> None:
     assert xt.grad is not None
     np.testing.assert_allclose(g_jax, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
     assert np.all(g_jax[~mask] == 0)
+    # vmap over rows = the batched call
+    got = jax.vmap(lambda x, n, m: nat.inclusion_probabilities(x, n, mask=m))(
+        jnp.asarray(x), jnp.asarray(n), jnp.asarray(mask))
+    np.testing.assert_allclose(_np(got), nat.inclusion_probabilities(x, n, mask=mask),
+                               rtol=1e-14)
 
 
 # ---------------------------------------------------------------------------- estimators

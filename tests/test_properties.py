@@ -285,6 +285,8 @@ def test_inclusion_probabilities_all_positive_at_full_size(backend: Any, x: np.n
     """n = number of positive sizes (the feasibility edge) keeps exactly those tokens."""
     npos = int((x > 0).sum())
     assume(npos > 0)
+    if backend.name == "jax":  # XLA on CPU flushes subnormal sizes to zero
+        assume(not np.any((x > 0) & (x < np.finfo(np.float64).tiny)))
     for n in (npos, npos * (1 + 1e-13)):
         pi = backend.to_numpy(nat.inclusion_probabilities(backend.asarray(x), n))
         np.testing.assert_array_equal(pi, (x > 0).astype(float))
