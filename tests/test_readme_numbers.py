@@ -22,6 +22,7 @@ BENCH = ROOT / "benchmarks" / "results" / "latest.json"
 VALIDATION = ROOT / "validation" / "results" / "report.md"
 TRAINING = ROOT / "benchmarks" / "results" / "training.json"
 ALLOCATION = ROOT / "benchmarks" / "results" / "allocation.json"
+BENCH_PAGE = ROOT / "benchmarks" / "results.md"  # generated from BENCH by benchmarks/report.py
 
 
 def measured_section(text: str) -> str:
@@ -91,6 +92,13 @@ def _alloc(key: str, fmt: str = ".2f") -> str:
     return format(json.loads(ALLOCATION.read_text())["ratios"][key], fmt)
 
 
+def _page(pattern: str) -> str:
+    """A figure the generated benchmark page states (the page is rebuilt from its run)."""
+    match = re.search(pattern, BENCH_PAGE.read_text())
+    assert match, f"benchmarks/results.md no longer states {pattern!r}"
+    return match.group(1)
+
+
 def _ratio(key: str) -> str:
     return f"{_bench()[key]:.2f}"
 
@@ -102,6 +110,10 @@ PHRASES: list[tuple[str, Callable[[], str]]] = [
     ("prefix time", lambda: f"costs {_ratio('rpc_time_ratio@0.5')}× the full-token step time"),
     ("prefix memory", lambda: f"and {_ratio('rpc_peak_memory_ratio@0.5')}× its peak memory"),
     ("URS head memory", lambda: f"the LM-head memory ({_ratio('urs_head_memory_ratio@0.5')}×)"),
+    ("cost model agreement", lambda: "matches the measurements within "
+                                     f"±{_page(r'the same formulas were within ±([0-9.]+)')}"),
+    ("Qwen3-8B projection", lambda: f"projects {_page(r'FLOPs at ([0-9.]+–[0-9.]+) of the full')}× "
+                                    "time for a Qwen3-8B-shaped model"),
     ("optimal prefix", lambda: f"has {_alloc(OPT_PREFIX)}× the variance of the paper's RPC"),
     ("optimal prefix shared", lambda: f"({_alloc(OPT_PREFIX_SHARED, '.3f')}× with one budget"),
     ("optimal Poisson", lambda: f"Neyman-optimal Poisson {_alloc(OPT_POISSON)}× that of URS "
