@@ -215,29 +215,25 @@ def recommend(
         raise ValueError(f"the target must be a positive number, got {target}")
     grid = [(b, r) for b in budgets
             for r in compare_designs(b, y, mask, config=config, prompt_len=prompt_len)]
+    # the target bounds one figure; among the grid points within it, the other is minimised
     if target_variance is not None:
-        ok = [(b, r) for b, r in grid if r.relative_variance <= target_variance]
-        if not ok:
-            b, r = min(grid, key=lambda g: g[1].relative_variance)
-            raise ValueError(
-                f"no design reaches relative variance {target_variance:g} on keep fractions "
-                f"{tuple(budgets)}; the lowest is {r.relative_variance:.4g} ({r.design} at "
-                f"keep {b:g}); raise the target or allow larger keep fractions"
-            )
-        b, r = min(ok, key=lambda g: (g[1].relative_cost, g[1].relative_variance))
-        label = f"relative variance <= {target_variance:g}"
+        bound, objective = "relative_variance", "relative_cost"
+        label = f"relative variance <= {target:g}"
+        missed = ("no design reaches relative variance {target:g} on keep fractions {budgets}; "
+                  "the lowest is {best:.4g} ({design} at keep {keep:g}); raise the target or "
+                  "allow larger keep fractions")
     else:
-        assert target_cost is not None
-        ok = [(b, r) for b, r in grid if r.relative_cost <= target_cost]
-        if not ok:
-            b, r = min(grid, key=lambda g: g[1].relative_cost)
-            raise ValueError(
-                f"no design costs at most {target_cost:g} of the full-token step on keep "
-                f"fractions {tuple(budgets)}; the cheapest is {r.relative_cost:.4g} ({r.design} "
-                f"at keep {b:g}); raise the target or allow smaller keep fractions"
-            )
-        b, r = min(ok, key=lambda g: (g[1].relative_variance, g[1].relative_cost))
-        label = f"relative cost <= {target_cost:g}"
+        bound, objective = "relative_cost", "relative_variance"
+        label = f"relative cost <= {target:g}"
+        missed = ("no design costs at most {target:g} of the full-token step on keep fractions "
+                  "{budgets}; the cheapest is {best:.4g} ({design} at keep {keep:g}); raise the "
+                  "target or allow smaller keep fractions")
+    ok = [(b, r) for b, r in grid if getattr(r, bound) <= target]
+    if not ok:
+        b, r = min(grid, key=lambda g: getattr(g[1], bound))
+        raise ValueError(missed.format(target=target, budgets=tuple(budgets),
+                                       best=getattr(r, bound), design=r.design, keep=b))
+    b, r = min(ok, key=lambda g: (getattr(g[1], objective), getattr(g[1], bound)))
     return Recommendation(r.design, b, r.relative_variance, r.relative_cost, label)
 
 
