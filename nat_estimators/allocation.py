@@ -71,6 +71,7 @@ from .inclusion import inclusion_probabilities
 __all__ = ["Allocation", "optimal_inclusion", "optimal_survival", "prefix_profile"]
 
 _BISECT_STEPS = 80
+_BISECT_ROUND = 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,27 +204,51 @@ def _box_allocation(xp: Any, q: Array, n: Array, lo: float, mask: Array) -> tupl
     log_lo = xp.log(xp.asarray(max(lo, 1e-300), dtype=dt, device=device_of(q)) / safe_max)
     log_hi = -xp.log(safe_min)
     log_lo = xp.minimum(log_lo, log_hi)
+    # rows whose positive tokens all at 1 cannot take the budget (the rest goes to the others)
+    n_pos = xp.sum(xp.astype(pos, dt), axis=-1)
+    n_other = xp.sum(xp.astype(mask & ~pos, dt), axis=-1)
+    saturated = n_pos + lo * n_other <= n * (1 + 1e-12)
 
     def h(log_mu: Array) -> Array:
         s = xp.clip(xp.exp(log_mu)[..., None] * q, lo, 1.0)
         return xp.sum(xp.where(mask, s, xp.zeros_like(s)), axis=-1)
 
+    def exact_step(mu: Array) -> tuple[Array, Array, Array]:
+        """One exact linear step on the active set at ``mu``; whether it is self-consistent."""
+        s = xp.clip(mu[..., None] * q, lo, 1.0)
+        # sum over free tokens of mu q = n - (floored + capped)
+        free = pos & (s > lo) & (s < 1)
+        qf = xp.sum(xp.where(free, q, xp.zeros_like(q)), axis=-1)
+        fixed = xp.sum(xp.where(mask & ~free, s, xp.zeros_like(s)), axis=-1)
+        ok = qf > 0
+        mu_exact = (n - fixed) / xp.where(ok, qf, xp.ones_like(qf))
+        mu = xp.where(ok & (mu_exact > 0), mu_exact, mu)
+        t = mu[..., None] * q
+        s = xp.clip(xp.where(free, t, s), lo, 1.0)
+        # the active set is right when the free tokens stay inside the box at the exact mu and
+        # the budget is met (then mu is the root: h is linear on that piece)
+        slack = 1e-9
+        inside = ~free | ((t >= lo * (1 - slack)) & (t <= 1 + slack))
+        met = xp.abs(xp.sum(xp.where(pos, s, xp.zeros_like(s)), axis=-1)
+                     + xp.sum(xp.where(mask & ~pos, lo * one, xp.zeros_like(s)), axis=-1)
+                     - n) <= slack * xp.maximum(n, xp.ones_like(n))
+        good = xp.all(inside | ~mask, axis=-1) & (met | ~has | saturated)
+        return s, mu, good
+
+    # bisection on log mu in rounds, each ended by the exact step; stop once every row's active
+    # set is verified (one round almost always; at most _BISECT_STEPS halvings in all)
     a, b = log_lo, log_hi
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (a + b)
-        under = h(mid) < n
-        a = xp.where(under, mid, a)
-        b = xp.where(under, b, mid)
-    mu = xp.exp(0.5 * (a + b))
-    s = xp.clip(mu[..., None] * q, lo, 1.0)
-    # one exact step on the active set: sum over free tokens of mu q = n - (floored + capped)
-    free = pos & (s > lo) & (s < 1)
-    qf = xp.sum(xp.where(free, q, xp.zeros_like(q)), axis=-1)
-    fixed = xp.sum(xp.where(mask & ~free, s, xp.zeros_like(s)), axis=-1)
-    ok = qf > 0
-    mu_exact = (n - fixed) / xp.where(ok, qf, xp.ones_like(qf))
-    mu = xp.where(ok & (mu_exact > 0), mu_exact, mu)
-    s = xp.clip(xp.where(free, mu[..., None] * q, s), lo, 1.0)
+    done = 0
+    while True:
+        for _ in range(_BISECT_ROUND):
+            mid = 0.5 * (a + b)
+            under = h(mid) < n
+            a = xp.where(under, mid, a)
+            b = xp.where(under, b, mid)
+        done += _BISECT_ROUND
+        s, mu, good = exact_step(xp.exp(0.5 * (a + b)))
+        if done >= _BISECT_STEPS or bool(xp.all(good)):
+            break
     s = xp.where(pos, s, lo * one)
     # budget left over once every positive token is at 1: the zero-profile tokens share it
     zero = mask & ~pos
@@ -371,6 +396,29 @@ def optimal_survival(
     array([0.888889, 0.444444, 0.444444, 0.222222])
     >>> a.check()
     """
+    xp, r = _solve_survival(profile, keep, mask, full_keep, shared)
+    if shared:
+        f = _flatten(xp, r["pooled"], r["dc"], r["mc"], r["n"])
+        cert = _reshaped(xp, _certificate(xp, xp.reshape(r["sc"], (1, -1)), f[1], f[0],
+                                          r["lam"], f[3], r["a"], f[2]), tuple(r["sc"].shape))
+    else:
+        cert = _certificate(xp, r["sc"], r["dc"], r["pooled"], r["lam"], r["n"], r["a"], r["mc"])
+    scatter = r["scatter"]
+    return Allocation(
+        pi=scatter(r["sc"]), multiplier=cert.multiplier, pooled=scatter(r["pooled"]),
+        variance=cert.variance, lower_bound=cert.lower_bound, gap=cert.gap,
+        budget_residual=cert.budget_residual, floor_multipliers=scatter(cert.floor_multipliers),
+        cap_multipliers=scatter(cert.cap_multipliers),
+        order_multipliers=scatter(cert.order_multipliers), stationarity=cert.stationarity,
+    )
+
+
+def _solve_survival(profile: Array, keep: float, mask: Array | None, full_keep: float,
+                    shared: bool) -> tuple[Any, dict[str, Any]]:
+    """The optimal survival of :func:`optimal_survival` without its certificate: the namespace
+    and the pieces (compacted survival ``sc``, profile ``dc``, pooled profile, multiplier,
+    budgets, floor, compacted mask ``mc``, validated ``mask`` and ``scatter`` back to positions).
+    """
     xp = namespace(profile, mask)
     d, mask = _rows_float(xp, profile, "profile", mask)
     a = check_fraction(full_keep, "full_keep")
@@ -395,28 +443,26 @@ def optimal_survival(
     pooled = xp.where(mc, xp.clip(pooled, 0.0, None), xp.zeros_like(pooled))
     if shared:
         # pooling stays per row (the order constraints are per row); one budget, one lambda
-        shape = tuple(pooled.shape)
         f = _flatten(xp, pooled, dc, mc, n)
         sc, lam = _box_allocation(xp, xp.sqrt(f[0]), f[3], a, f[2])
-        cert = _certificate(xp, sc, f[1], f[0], lam, f[3], a, f[2])
-        sc = xp.reshape(sc, shape)
-        cert = _reshaped(xp, cert, shape)
+        sc = xp.reshape(sc, tuple(pooled.shape))
     else:
         sc, lam = _box_allocation(xp, xp.sqrt(pooled), n, a, mc)
-        cert = _certificate(xp, sc, dc, pooled, lam, n, a, mc)
-    rank = eligible_rank(xp, mask)
-    back = xp.clip(rank - 1, 0, None)
+    back = xp.clip(eligible_rank(xp, mask) - 1, 0, None)
 
     def scatter(x: Array) -> Array:
         return xp.where(mask, gather_last(xp, x, back), xp.zeros_like(x))
 
-    return Allocation(
-        pi=scatter(sc), multiplier=cert.multiplier, pooled=scatter(pooled),
-        variance=cert.variance, lower_bound=cert.lower_bound, gap=cert.gap,
-        budget_residual=cert.budget_residual, floor_multipliers=scatter(cert.floor_multipliers),
-        cap_multipliers=scatter(cert.cap_multipliers),
-        order_multipliers=scatter(cert.order_multipliers), stationarity=cert.stationarity,
-    )
+    return xp, {"sc": sc, "dc": dc, "pooled": pooled, "lam": lam, "n": n, "a": a, "mc": mc,
+                "mask": mask, "scatter": scatter}
+
+
+def survival_pi(profile: Array, keep: float, *, mask: Array | None = None,
+                full_keep: float = 0.05, shared: bool = False) -> tuple[Array, Array]:
+    """``(optimal_survival(...).pi, validated mask)`` without computing the certificate (the
+    design constructors' fast path)."""
+    _, r = _solve_survival(profile, keep, mask, full_keep, shared)
+    return r["scatter"](r["sc"]), r["mask"]
 
 
 def _flatten(xp: Any, *arrays_and_budget: Array) -> list[Array]:

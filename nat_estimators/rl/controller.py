@@ -68,13 +68,18 @@ class KappaController:
     calibration : float, default 1.0
         :math:`c > 0` multiplying the model's ratio: the realised over the predicted ratio on a
         pilot batch whose per-token gradients were computed (``benchmarks/allocation.py``
-        fits it); 1 trusts the model.
+        fits it); 1 trusts the model.  :meth:`observe` refits it online from ratios measured
+        during the run.
+    shared : bool, default False
+        Optimal designs: one token budget for the whole batch
+        (:func:`~nat_estimators.rl.select_tokens`).
 
     Attributes
     ----------
     history : list of dict
         One record per call of :meth:`kappa`: the chosen ``kappa``, the predicted ``ratio`` and
-        whether a bound was hit.
+        whether a bound was hit (and, once :meth:`observe` has been called for it, the
+        ``realised`` ratio).
 
     Examples
     --------
@@ -94,6 +99,7 @@ class KappaController:
     full_keep: float = 0.05
     min_keep: float = 0.0
     calibration: float = 1.0
+    shared: bool = False
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,10 +119,18 @@ class KappaController:
             raise ValueError(f"calibration must be > 0, got {self.calibration}")
         if not 0 <= self.coherence <= 1:
             raise ValueError(f"coherence must lie in [0, 1], got {self.coherence}")
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"shared must be a bool, got {self.shared!r}")
+        if self.shared and not self.design.endswith("_optimal"):
+            raise ValueError(
+                f"shared=True needs a variance-optimal design (*_optimal), got {self.design!r}"
+            )
+        self._log_ratios: list[float] = []
         # the design name, and the prefix floor at kappa_min (keep >= full_keep), checked once
         _build_design(torch.ones(1, 20, dtype=torch.bool), self.design, self.kappa_min,
                       sizes=torch.ones(1, 20, dtype=torch.float64) if needs_sizes(self.design)
-                      else None, full_keep=self.full_keep, min_keep=self.min_keep)
+                      else None, full_keep=self.full_keep, min_keep=self.min_keep,
+                      shared=self.shared)
 
     # ------------------------------------------------------------------ model
     def rollout_variance(self, response_mask: torch.Tensor, second_moment: torch.Tensor) -> float:
@@ -189,8 +203,52 @@ class KappaController:
                         b = mid
                 k, bound = b, ""
                 r = ratio(k)
-        self.history.append({"kappa": k, "ratio": r, "bound": bound})
+        self.history.append({"kappa": k, "ratio": r, "bound": bound,
+                             "calibration": self.calibration})
         return k
+
+    def observe(self, realised_ratio: float, *, step: int = -1) -> float:
+        r"""Refit :attr:`calibration` from a ratio measured on an earlier step; returns the new
+        :math:`c`.
+
+        ``realised_ratio`` is the NAT-added over the rollout variance measured for the step
+        whose :meth:`kappa` record is ``history[step]`` (e.g. from per-token gradients projected
+        on random directions, as ``benchmarks/training.py`` does), *after* that step's selection
+        was drawn.  With :math:`r_j` the realised and :math:`\hat r_j / c_j` the model's
+        uncalibrated ratio of the observed steps,
+
+        .. math:: c = \exp\Bigl(\frac{1}{J} \sum_j \log \frac{r_j\, c_j}{\hat r_j}\Bigr),
+
+        the geometric mean of realised over uncalibrated ratios (a multiplicative model error
+        averaged on the log scale, where a noisy ratio's error is about symmetric).  Only later
+        calls of :meth:`kappa` use it, so each step's :math:`\kappa` still depends on quantities
+        fixed before its own draw.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nat_estimators.rl import KappaController
+        >>> ctrl = KappaController(epsilon=1.0, design="poisson", kappa_min=0.1)
+        >>> m = torch.ones(2, 10, dtype=torch.bool)
+        >>> k = ctrl.kappa(m, torch.ones(2, 10, dtype=torch.float64))  # predicted ratio 1
+        >>> round(ctrl.observe(2.0), 6)  # the model under-predicted by 2x
+        2.0
+        >>> round(ctrl.kappa(m, torch.ones(2, 10, dtype=torch.float64)), 6)  # 2 (1/k - 1) = 1
+        0.666667
+        """
+        if not self.history:
+            raise ValueError("observe() needs a kappa() call first (the step it measures)")
+        r = realised_ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+            raise ValueError(f"realised_ratio must be a finite number > 0, got {r!r}")
+        rec = self.history[step]
+        if rec["ratio"] <= 0:
+            raise ValueError("the observed step had a predicted ratio of 0: nothing to calibrate")
+        rec["realised"] = float(r)
+        uncalibrated = rec["ratio"] / rec.get("calibration", self.calibration)
+        self._log_ratios.append(math.log(r / uncalibrated))
+        self.calibration = math.exp(sum(self._log_ratios) / len(self._log_ratios))
+        return self.calibration
 
     def step_config(self, config: Any, batch: Any, second_moment: torch.Tensor | None = None
                     ) -> Any:
@@ -211,6 +269,12 @@ class KappaController:
         >>> round(ctrl.step_config(GRPOConfig(design="poisson"), batch).keep, 6)  # 1/k - 1 = 0.5
         0.666667
         """
+        if (config.design, getattr(config, "shared", False)) != (self.design, self.shared):
+            raise ValueError(
+                f"the controller predicts the variance of design={self.design!r}, "
+                f"shared={self.shared}, but the config draws design={config.design!r}, "
+                f"shared={getattr(config, 'shared', False)}; build both with the same design"
+            )
         if second_moment is None:
             second_moment = default_second_moment(batch)
         sizes = getattr(batch, "sizes", None) if needs_sizes(self.design) else None
@@ -240,7 +304,7 @@ class KappaController:
         else:
             sizes = None
         return _build_design(mask, self.design, kappa, sizes=sizes, full_keep=self.full_keep,
-                             min_keep=self.min_keep)
+                             min_keep=self.min_keep, shared=self.shared)
 
 
 def default_second_moment(batch: Any) -> torch.Tensor:

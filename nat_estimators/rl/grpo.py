@@ -91,6 +91,9 @@ class GRPOConfig:
         Expected keep fraction in (0, 1].
     full_keep, min_keep : float
         Prefix design: floor of :math:`\pi` and always-kept fraction.
+    shared : bool, default False
+        Optimal designs: one token budget for the whole batch
+        (:func:`~nat_estimators.rl.select_tokens`).
     clip_low, clip_high : float, default 0.2
         PPO clip range :math:`[1 - \epsilon_{low}, 1 + \epsilon_{high}]`.
     kl_coef : float, default 0
@@ -131,6 +134,7 @@ class GRPOConfig:
     keep: float = 0.5
     full_keep: float = 0.05
     min_keep: float = 0.0
+    shared: bool = False
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
@@ -154,6 +158,13 @@ class GRPOConfig:
         if self.design not in (names := _design_names()):
             raise ValueError(f"design must be one of {names}, got {self.design!r}")
         check_fraction(self.keep, "keep")
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"shared must be a bool, got {self.shared!r}")
+        if self.shared and not self.design.endswith("_optimal"):
+            raise ValueError(
+                f"shared=True (one token budget for the whole batch) needs a variance-optimal "
+                f"design (*_optimal), got design={self.design!r}"
+            )
         if self.normalizer not in ("ht", "hajek"):
             raise ValueError(f"normalizer must be 'ht' or 'hajek', got {self.normalizer!r}")
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.clip_low < 0 or self.clip_high < 0:
@@ -565,6 +576,7 @@ def grpo_backward(
             full_keep=config.full_keep,
             min_keep=config.min_keep,
             weight_dtype=config.weight_dtype,
+            shared=config.shared,
         )
     elif not bool((selection.response_mask == batch.response_mask).all()):
         raise ValueError("selection was drawn on a different response_mask than the batch's")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -187,20 +188,23 @@ def _proportional_pi(
 
 
 def _optimal_pi(
-    cls: type, sizes: torch.Tensor, mask: torch.Tensor, keep: float, full_keep: float
+    cls: type, sizes: torch.Tensor, mask: torch.Tensor, keep: float, full_keep: float,
+    shared: bool = False,
 ) -> torch.Tensor:
     """``cls.optimal`` on the rows with eligible tokens (second moments ``sizes``), 0 elsewhere.
 
     Prefix: the cut law minimising :math:`\\sum_t (1/S_t - 1) m_t` with floor ``full_keep``;
-    Poisson / systematic: :math:`\\pi \\propto \\sqrt{m_t}` capped at 1.
+    Poisson / systematic: :math:`\\pi \\propto \\sqrt{m_t}` capped at 1.  ``shared``: one
+    budget for the whole batch.
     """
     count = mask.sum(-1)
     rows = count > 0
     pi = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
     if bool(rows.any()):
         x = sizes[rows].to(torch.float64)
-        opts = {"full_keep": full_keep} if cls is Prefix else {}
-        d = cls.optimal(x, keep, mask=mask[rows], **opts)  # type: ignore[attr-defined]
+        opts: dict[str, Any] = {"full_keep": full_keep} if cls is Prefix else {}
+        d = cls.optimal(x, keep, mask=mask[rows], shared=shared,  # type: ignore[attr-defined]
+                        **opts)
         pi = pi.index_put((rows.nonzero()[:, 0],), d.inclusion_probabilities())
     return pi
 
@@ -213,6 +217,7 @@ def _build_design(
     sizes: torch.Tensor | None = None,
     full_keep: float = 0.05,
     min_keep: float = 0.0,
+    shared: bool = False,
 ) -> Design:
     """The design :func:`select_tokens` draws from for a design name (validated, not drawn)."""
     names = _design_names()
@@ -221,6 +226,13 @@ def _build_design(
     kappa = check_fraction(keep, "keep")
     proportional = design.endswith(_PROPORTIONAL)
     optimal = design.endswith(_OPTIMAL)
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be a bool, got {type(shared).__name__}")
+    if shared and not optimal:
+        raise ValueError(
+            f"shared=True (one token budget for the whole batch) is only defined for the "
+            f"variance-optimal designs (*_optimal), not {design!r}"
+        )
     if proportional or optimal:
         if sizes is None:
             raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
@@ -247,7 +259,8 @@ def _build_design(
         d = trusted(cls, pi=_proportional_pi(sizes, m, kappa), mask=m)
     elif optimal:
         assert sizes is not None
-        d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep), mask=m)  # type: ignore[call-arg]
+        d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep, shared),  # type: ignore[call-arg]
+                mask=m)
     else:
         accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
         options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
@@ -266,6 +279,7 @@ def select_tokens(
     full_keep: float = 0.05,
     min_keep: float = 0.0,
     weight_dtype: torch.dtype = torch.float32,
+    shared: bool = False,
 ) -> Selection:
     r"""Draw a token selection over a response mask and return its :class:`Selection` record.
 
@@ -298,6 +312,11 @@ def select_tokens(
         weights are at most :math:`1/a`) and the always-kept leading fraction.
     weight_dtype : torch.dtype, default float32
         float32 or float64.
+    shared : bool, default False
+        Optimal designs only: one budget of :math:`\kappa \sum_i N_i` expected tokens for the
+        whole batch instead of :math:`\kappa N_i` per row, so rows with larger second moments
+        (e.g. larger :math:`|A_i|`) get more tokens and rows with none get the floor
+        (:func:`~nat_estimators.allocation.optimal_survival` with ``shared=True``).
 
     Returns
     -------
@@ -349,10 +368,11 @@ def select_tokens(
             bool((d.mask == m).all())
         ):
             raise ValueError("design must be built on response_mask (design.mask != response_mask)")
-        if sizes is not None:
-            raise ValueError("sizes is only used when the design is given by name")
+        if sizes is not None or shared:
+            raise ValueError("sizes and shared are only used when the design is given by name")
     else:
-        d = _build_design(m, design, keep, sizes=sizes, full_keep=full_keep, min_keep=min_keep)
+        d = _build_design(m, design, keep, sizes=sizes, full_keep=full_keep, min_keep=min_keep,
+                          shared=shared)
     if generator is None:
         u = torch.rand(d.uniform_shape, dtype=torch.float64, device=dev)
         sample = d.sample(u)
