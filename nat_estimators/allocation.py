@@ -209,15 +209,21 @@ def _box_allocation(xp: Any, q: Array, n: Array, lo: float, mask: Array) -> tupl
     n_other = xp.sum(xp.astype(mask & ~pos, dt), axis=-1)
     saturated = n_pos + lo * n_other <= n * (1 + 1e-12)
 
+    # h(mu) = sum_eligible clip(mu q, lo, 1): ineligible tokens get q = 0 (so lo) and their
+    # lo is taken off once, which keeps the bisection's hot loop to a product, a clip and a sum
+    q_elig = xp.where(mask, q, xp.zeros_like(q))
+    off = lo * xp.sum(xp.astype(~mask, dt), axis=-1)
+
     def h(log_mu: Array) -> Array:
-        s = xp.clip(xp.exp(log_mu)[..., None] * q, lo, 1.0)
-        return xp.sum(xp.where(mask, s, xp.zeros_like(s)), axis=-1)
+        return xp.sum(xp.clip(xp.exp(log_mu)[..., None] * q_elig, lo, 1.0), axis=-1) - off
 
     def exact_step(mu: Array) -> tuple[Array, Array, Array]:
         """One exact linear step on the active set at ``mu``; whether it is self-consistent."""
         s = xp.clip(mu[..., None] * q, lo, 1.0)
         # sum over free tokens of mu q = n - (floored + capped)
         free = pos & (s > lo) & (s < 1)
+        floored = pos & (s <= lo)
+        capped = pos & (s >= 1)
         qf = xp.sum(xp.where(free, q, xp.zeros_like(q)), axis=-1)
         fixed = xp.sum(xp.where(mask & ~free, s, xp.zeros_like(s)), axis=-1)
         ok = qf > 0
@@ -225,10 +231,12 @@ def _box_allocation(xp: Any, q: Array, n: Array, lo: float, mask: Array) -> tupl
         mu = xp.where(ok & (mu_exact > 0), mu_exact, mu)
         t = mu[..., None] * q
         s = xp.clip(xp.where(free, t, s), lo, 1.0)
-        # the active set is right when the free tokens stay inside the box at the exact mu and
-        # the budget is met (then mu is the root: h is linear on that piece)
+        # the active set is right when, at the exact mu, the free tokens stay inside the box,
+        # the floored ones below it and the capped ones above it, and the budget is met (then
+        # mu is the root: h is linear on that piece)
         slack = 1e-9
-        inside = ~free | ((t >= lo * (1 - slack)) & (t <= 1 + slack))
+        inside = ((~free | ((t >= lo * (1 - slack)) & (t <= 1 + slack)))
+                  & (~floored | (t <= lo * (1 + slack))) & (~capped | (t >= 1 - slack)))
         met = xp.abs(xp.sum(xp.where(pos, s, xp.zeros_like(s)), axis=-1)
                      + xp.sum(xp.where(mask & ~pos, lo * one, xp.zeros_like(s)), axis=-1)
                      - n) <= slack * xp.maximum(n, xp.ones_like(n))
@@ -543,6 +551,17 @@ def optimal_inclusion(
     >>> optimal_inclusion(np.array([1.0, 1.0, 4.0, 400.0]), 0.5).pi
     array([0.25, 0.25, 0.5 , 1.  ])
     """
+    xp, r = _solve_inclusion(second_moment, keep, mask, floor, shared)
+    pi, lam, m, n, lo, mask = r["pi"], r["lam"], r["m"], r["n"], r["lo"], r["mask"]
+    cert = _certificate(xp, pi, m, m, lam, n, lo, mask)
+    return _reshaped(xp, cert, r["shape"]) if shared else cert
+
+
+def _solve_inclusion(second_moment: Array, keep: Any, mask: Array | None, floor: float,
+                     shared: bool) -> tuple[Any, dict[str, Any]]:
+    """The allocation of :func:`optimal_inclusion` without its certificate: the namespace and
+    ``pi``, ``lam``, the (flattened when ``shared``) ``m``, ``n``, ``mask``, floor ``lo`` and the
+    original ``shape``."""
     xp = namespace(second_moment, mask)
     m, mask = _rows_float(xp, second_moment, "second_moment", mask)
     if bool(xp.any(mask & (m < 0))):
@@ -560,6 +579,12 @@ def optimal_inclusion(
                 "sampled (pi = 0, infinite weight); pass floor > 0 or add a small constant"
             )
         pi = inclusion_probabilities(q, n, mask=mask)
+        if bool(xp.any(mask & (pi * xp.finfo(pi.dtype).max < 1))):
+            raise ValueError(
+                "the optimal pi is so small at some eligible token (its second moment is tiny "
+                "next to the others') that its weight 1/pi overflows; pass floor > 0 so every "
+                "token keeps pi >= floor"
+            )
         capped = pi >= 1
         qf = xp.sum(xp.where(mask & ~capped, q, xp.zeros_like(q)), axis=-1)
         nf = n - xp.sum(xp.where(mask & capped, pi, xp.zeros_like(pi)), axis=-1)
@@ -567,5 +592,12 @@ def optimal_inclusion(
         lam = xp.where(mu > 0, 1 / xp.where(mu > 0, mu * mu, xp.ones_like(mu)), xp.zeros_like(mu))
     else:
         pi, lam = _box_allocation(xp, q, n, lo, mask)
-    cert = _certificate(xp, pi, m, m, lam, n, lo, mask)
-    return _reshaped(xp, cert, shape) if shared else cert
+    return xp, {"pi": pi, "lam": lam, "m": m, "n": n, "lo": lo, "mask": mask, "shape": shape}
+
+
+def inclusion_pi(second_moment: Array, keep: Any, *, mask: Array | None = None,
+                 floor: float = 0.0, shared: bool = False) -> tuple[Array, Array]:
+    """``(optimal_inclusion(...).pi, validated mask)`` in the input's shape, without the
+    certificate (the design constructors' fast path)."""
+    xp, r = _solve_inclusion(second_moment, keep, mask, floor, shared)
+    return xp.reshape(r["pi"], r["shape"]), xp.reshape(r["mask"], r["shape"])

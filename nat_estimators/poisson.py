@@ -24,7 +24,7 @@ from ._deprecation import deprecated
 from ._design import _PiDesign
 from ._validation import any_true, check_bool_mask, check_scalar_or_row_array, trusted
 from ._variance_engine import _quad, _Rows, _weights
-from .allocation import optimal_inclusion
+from .allocation import inclusion_pi
 from .inclusion import inclusion_probabilities
 
 __all__ = ["Poisson"]
@@ -158,8 +158,9 @@ class Poisson(_PiDesign, name="poisson"):
         >>> type(s).__name__, s.inclusion_probabilities()
         ('Systematic', array([0.25, 0.25, 0.5 , 1.  ]))
         """
-        a = optimal_inclusion(second_moment, keep, mask=mask, floor=floor, shared=shared)
-        return cls(a.pi, mask=mask)
+        pi, mask = inclusion_pi(second_moment, keep, mask=mask, floor=floor, shared=shared)
+        # in (0, 1] on the eligible tokens by construction: skip re-validation
+        return trusted(cls, pi=pi, mask=mask)
 
     @classmethod
     def proportional(cls, x: Array, n: Any, *, mask: Array | None = None) -> Poisson:

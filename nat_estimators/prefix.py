@@ -47,7 +47,7 @@ from ._validation import (
     trusted,
 )
 from ._variance_engine import _lin, _outer, _per_row, _Rows, _scan_sq, _weights
-from .allocation import optimal_survival
+from .allocation import survival_pi
 
 __all__ = ["Prefix"]
 
@@ -326,8 +326,9 @@ class Prefix(_PiDesign, name="prefix"):
         >>> np.round(d.inclusion_probabilities(), 4)
         array([0.8889, 0.4444, 0.4444, 0.2222])
         """
-        a = optimal_survival(profile, keep, mask=mask, full_keep=full_keep, shared=shared)
-        return cls(a.pi, mask=mask)
+        pi, mask = survival_pi(profile, keep, mask=mask, full_keep=full_keep, shared=shared)
+        # in [full_keep, 1] and non-increasing by construction: skip re-validation
+        return trusted(cls, pi=pi, mask=mask)
 
     @classmethod
     def from_budget(cls, keep: float, *, mask: Array, **options: Any) -> Prefix:

@@ -254,3 +254,61 @@ def test_results_stay_on_the_input_device(device_backend: Any) -> None:
         a.check()
     d = nat.Prefix.optimal(prof, 0.5, mask=mask, full_keep=0.1)
     assert device_of(d.pi) == device_of(prof)
+
+
+# ------------------------------------------------------- constructors' certificate-free path
+@pytest.mark.parametrize("shared", [False, True])
+def test_constructors_equal_the_certified_allocation(backend: Any, shared: bool) -> None:
+    """The design constructors skip the certificate and re-validation; their pi is the certified
+    allocation's, and it passes the validating constructor (non-increasing, in (0, 1])."""
+    rng = np.random.default_rng(11)
+    mask = rng.random((5, 40)) < 0.7
+    mask[:, 0] = True
+    prof = np.where(mask, rng.lognormal(0, 2, size=mask.shape), 0.0)
+    bp, bm = backend.asarray(prof), backend.asarray(mask)
+    a = optimal_survival(bp, 0.3, mask=bm, full_keep=0.02, shared=shared)
+    a.check()
+    d = nat.Prefix.optimal(bp, 0.3, mask=bm, full_keep=0.02, shared=shared)
+    np.testing.assert_array_equal(backend.to_numpy(d.inclusion_probabilities()),
+                                  backend.to_numpy(a.pi))
+    nat.Prefix(d.pi, mask=d.mask)  # the validating path accepts it
+    for floor in (0.0, 0.01):
+        b = optimal_inclusion(bp + 1e-3, 0.3, mask=bm, floor=floor, shared=shared)
+        b.check()
+        for cls in (nat.Poisson, nat.Systematic):
+            e = cls.optimal(bp + 1e-3, 0.3, mask=bm, floor=floor, shared=shared)
+            np.testing.assert_array_equal(backend.to_numpy(e.inclusion_probabilities()),
+                                          backend.to_numpy(b.pi))
+            cls(e.pi, mask=e.mask)
+
+
+def test_optimal_pi_underflow_is_an_error() -> None:
+    """A second moment so small that 1/pi = 1/(c sqrt(m)) overflows (an infinite weight) is
+    refused with floor=0, and fine with a floor."""
+    m = np.array([5e-324, 1e300, 1e300, 1e300, 1e300])
+    for call in (lambda: optimal_inclusion(m, 0.5), lambda: nat.Poisson.optimal(m, 0.5)):
+        with pytest.raises(ValueError, match="overflows"):
+            call()
+    d = nat.Poisson.optimal(m, 0.5, floor=0.01)
+    assert float(d.inclusion_probabilities()[0]) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("round_", [1, 3])
+def test_bisection_rounds_reach_the_same_certified_optimum(monkeypatch: Any, round_: int) -> None:
+    """The box solver bisects in rounds and stops once the exact step verifies the active set;
+    on rows with a huge dynamic range and ties at the box edges, shorter rounds (more
+    verifications, more rounds) give the same allocation and every one passes its certificate."""
+    import nat_estimators.allocation as alloc
+
+    rng = np.random.default_rng(3)
+    m = 10.0 ** rng.uniform(-12, 12, size=(6, 300))
+    m[:, :50] = 1.0  # a block of ties
+    m[0, :] = 1.0  # all ties
+    ref = optimal_inclusion(m, 0.2, floor=1e-4)
+    ref.check()
+    monkeypatch.setattr(alloc, "_BISECT_ROUND", round_)
+    a = optimal_inclusion(m, 0.2, floor=1e-4)
+    a.check()
+    np.testing.assert_allclose(a.pi, ref.pi, rtol=1e-9, atol=1e-12)
+    s = optimal_survival(np.sort(m, axis=-1)[:, ::-1].copy(), 0.2, full_keep=1e-4)
+    s.check()

@@ -259,8 +259,8 @@ def _build_design(
         d = trusted(cls, pi=_proportional_pi(sizes, m, kappa), mask=m)
     elif optimal:
         assert sizes is not None
-        d = cls(_optimal_pi(cls, sizes, m, kappa, full_keep, shared),  # type: ignore[call-arg]
-                mask=m)
+        # the optimal constructors' pi, on the mask and 0 off it: skip re-validation
+        d = trusted(cls, pi=_optimal_pi(cls, sizes, m, kappa, full_keep, shared), mask=m)
     else:
         accepted = inspect.signature(cls.from_fraction).parameters  # type: ignore[attr-defined]
         options = {k: v for k, v in (("full_keep", full_keep), ("min_keep", min_keep))
