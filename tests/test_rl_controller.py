@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,3 +165,94 @@ def test_every_design_name_is_accepted() -> None:
     m = _mask()
     for name in DESIGNS:
         KappaController(epsilon=1.0, design=name, kappa_min=0.1).kappa(m, _moments(m))
+
+
+# ------------------------------------------------------------------ shared budgets
+@pytest.mark.parametrize("design", ["prefix_optimal", "poisson_optimal", "systematic_optimal"])
+def test_shared_budget_selection(design: str) -> None:
+    """shared=True: one budget kappa * sum_i N_i for the batch (rows with large sizes get more),
+    pi equal to the design constructor's with shared=True, HT weights unbiased for every row."""
+    from nat_estimators.rl import select_tokens
+
+    m = _mask(4, B=6, T=30)
+    m[:, :3] = True
+    sizes = _moments(m, 5)
+    sizes[0] = sizes[0] * 100  # one row with much larger second moments
+    sizes = torch.where(m, sizes, torch.zeros_like(sizes))
+    kw = {"full_keep": 0.02} if design.startswith("prefix") else {}
+    sel = select_tokens(m, design, 0.3, sizes=sizes, shared=True,
+                        generator=torch.Generator().manual_seed(0), **kw)
+    pi = sel.design.inclusion_probabilities()
+    assert abs(float(pi.sum()) - 0.3 * float(m.sum())) < 1e-9
+    per_row = select_tokens(m, design, 0.3, sizes=sizes, **kw).design.inclusion_probabilities()
+    assert float(pi[0].sum()) > float(per_row[0].sum()) + 1e-6  # the budget moved to row 0
+    cls = nat.Design.registered()[design.removesuffix("_optimal")]
+    opts = {"full_keep": 0.02} if cls is nat.Prefix else {}
+    ref = cls.optimal(sizes, 0.3, mask=m, shared=True, **opts).inclusion_probabilities()
+    torch.testing.assert_close(pi, ref.to(pi.dtype))
+    # unbiased: E[sum of weights over the row's sample] = N_i, by the exact first-order pi
+    w = torch.where(m, 1 / torch.where(m, pi, torch.ones_like(pi)), torch.zeros_like(pi))
+    torch.testing.assert_close((w * pi).sum(-1), m.sum(-1).to(pi.dtype))
+
+
+def test_shared_needs_an_optimal_design() -> None:
+    from nat_estimators.rl import select_tokens
+
+    m = _mask()
+    with pytest.raises(ValueError, match="only defined for the variance-optimal"):
+        select_tokens(m, "prefix", 0.5, shared=True)
+    with pytest.raises(ValueError, match="_optimal"):
+        GRPOConfig(design="poisson", shared=True)
+    with pytest.raises(ValueError, match="_optimal"):
+        KappaController(epsilon=1.0, design="prefix", shared=True)
+    with pytest.raises(ValueError, match="only used when the design is given by name"):
+        select_tokens(m, nat.Poisson.from_fraction(0.5, mask=m), shared=True)
+
+
+def test_controller_with_shared_budget_meets_target() -> None:
+    m = _mask(2)
+    mom = _moments(m, 3)
+    ctrl = KappaController(epsilon=0.4, design="prefix_optimal", shared=True, kappa_min=0.1)
+    k = ctrl.kappa(m, mom)
+    assert ctrl.history[-1]["bound"] == ""
+    assert abs(ctrl.predicted_ratio(m, mom, k) / 0.4 - 1) < 1e-6
+    # one batch budget can only lower the variance at a given kappa: kappa no larger
+    k_row = KappaController(epsilon=0.4, design="prefix_optimal", kappa_min=0.1).kappa(m, mom)
+    assert k <= k_row + 1e-9
+    cfg = GRPOConfig(design="prefix_optimal")
+    rm = torch.nn.functional.pad(m, (1, 0))  # a one-token prompt before every response
+    batch = GRPOBatch(torch.zeros(rm.shape, dtype=torch.long), torch.ones_like(rm), rm,
+                      advantages=torch.linspace(-1, 1, m.shape[0]))
+    with pytest.raises(ValueError, match="shared"):
+        ctrl.step_config(cfg, batch)
+    assert ctrl.step_config(replace(cfg, shared=True), batch).shared
+
+
+# ------------------------------------------------------------------ observe
+def test_observe_calibrates_to_the_geometric_mean() -> None:
+    """c = geometric mean of realised / uncalibrated ratios; later kappas solve c r(k) = eps."""
+    m = _mask()
+    mom = _moments(m)
+    ctrl = KappaController(epsilon=1.0, design="poisson", kappa_min=0.01)
+    ctrl.kappa(m, mom)  # ratio 1 (uncalibrated)
+    assert ctrl.observe(4.0) == pytest.approx(4.0)
+    k = ctrl.kappa(m, mom)  # 4 (1/k - 1) = 1
+    assert k == pytest.approx(0.8)
+    assert ctrl.history[-1]["calibration"] == pytest.approx(4.0)
+    # the second record predicted 1 with c = 4 (uncalibrated 0.25); realised 0.25 -> factor 1
+    assert ctrl.observe(0.25) == pytest.approx(math.sqrt(4.0 * 1.0))
+    assert ctrl.history[0]["realised"] == 4.0 and ctrl.history[1]["realised"] == 0.25
+    # a model that is right stays put (negative control of the refit)
+    right = KappaController(epsilon=1.0, design="poisson", kappa_min=0.01)
+    right.kappa(m, mom)
+    assert right.observe(1.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_observe_refuses_bad_ratios(bad: object) -> None:
+    ctrl = KappaController(epsilon=1.0, design="poisson")
+    with pytest.raises(ValueError, match="kappa\\(\\) call first"):
+        ctrl.observe(1.0)
+    ctrl.kappa(_mask(), _moments(_mask()))
+    with pytest.raises(ValueError, match="finite number > 0"):
+        ctrl.observe(bad)  # type: ignore[arg-type]
