@@ -133,9 +133,11 @@ from nat_estimators.demo.tasks import ModularWalk
 from nat_estimators.rl import (
     GRPOBatch,
     GRPOConfig,
+    KappaController,
     Selection,
     grpo_backward,
     loss_coefficients,
+    needs_sizes,
     select_tokens,
 )
 
@@ -170,11 +172,23 @@ class Arm:
     kind: str
     design: str = "poisson"
     keep: float = 1.0
+    shared: bool = False
+    epsilon: float | None = None
 
     @property
     def control(self) -> bool:
         """A control that is expected to look different from ``full``."""
         return self.kind in ("shortcut", "hajek", "truncate")
+
+    @property
+    def controlled(self) -> bool:
+        """The keep fraction is chosen each step by a :class:`KappaController`."""
+        return self.epsilon is not None
+
+    @property
+    def needs_proxy(self) -> bool:
+        """The design is built from per-token second-moment proxies (old-policy quantities)."""
+        return needs_sizes(self.design) or self.controlled
 
 
 ARMS: tuple[Arm, ...] = (
@@ -186,8 +200,20 @@ ARMS: tuple[Arm, ...] = (
     Arm("shortcut@0.5", "shortcut", "prefix", 0.5),
     Arm("hajek@0.5", "hajek", "prefix", 0.5),
     Arm("truncate@0.5", "truncate", "prefix", 0.5),
+    Arm("prefix_optimal@0.5", "ht", "prefix_optimal", 0.5, shared=True),
+    Arm("controlled@eps0.25", "ht", "prefix_optimal", shared=True, epsilon=0.25),
 )
 ARM_BY_NAME = {a.name: a for a in ARMS}
+#: The paper's comparison (the full run, ``docs/results/training``).
+PAPER_ARMS = ("full", "prefix@0.5", "prefix@0.25", "poisson@0.5", "systematic@0.5",
+              "shortcut@0.5", "hajek@0.5", "truncate@0.5")
+#: The budget study (``--budget``, ``docs/results/training_budget``): the paper's prefix cutting
+#: at 0.5 against the variance-optimal cut law at the same expected tokens and a keep fraction
+#: chosen each step by the controller.
+BUDGET_ARMS = ("full", "prefix@0.5", "prefix_optimal@0.5", "controlled@eps0.25")
+#: Bounds of the controller's keep fraction and its design's full-keep floor.
+CONTROLLER_BOUNDS = (0.1, 1.0)
+FULL_KEEP = 0.05
 
 #: The figures of the machine-checkable summary, per arm (keys ``<arm>/<figure>``).
 FIGURES = ("final_reward", "final_reward_ci95", "tost_p", "time_ratio", "token_ratio",
@@ -225,12 +251,18 @@ class TrainingSetup:
     eval_prompts: int = 128
     margin: float = 0.03
     target: float = 0.8
-    arms: tuple[str, ...] = tuple(a.name for a in ARMS)
+    arms: tuple[str, ...] = PAPER_ARMS
+    observe_every: int = 2
 
     @classmethod
     def full(cls) -> TrainingSetup:
-        """The full run: 5 seeds, every arm."""
+        """The full run: 5 seeds, the paper's comparison."""
         return cls()
+
+    @classmethod
+    def budget(cls) -> TrainingSetup:
+        """The budget study: the full run's sizes, :data:`BUDGET_ARMS`."""
+        return cls(arms=BUDGET_ARMS)
 
     @classmethod
     def quick(cls) -> TrainingSetup:
@@ -243,7 +275,8 @@ class TrainingSetup:
         """Seconds: the smoke test's size (two steps per arm)."""
         return cls(seeds=(0,), steps=2, prompts=2, group=2, min_len=6, max_len=12, d_model=16,
                    warm_steps=2, warm_batch=4, variance_every=1, directions=2, mc_draws=4,
-                   memory_every=1, eval_prompts=4, token_budget=256)
+                   memory_every=1, eval_prompts=4, token_budget=256,
+                   arms=tuple(a.name for a in ARMS), observe_every=1)
 
     def task(self) -> ModularWalk:
         return ModularWalk(min_len=self.min_len, max_len=self.max_len)
@@ -307,9 +340,49 @@ def rollout_batch(model: TinyCausalLM, task: ModularWalk, prompts: torch.Tensor,
     return GRPOBatch(ids, am, rm, adv), rewards
 
 
-def _config(arm: Arm, setup: TrainingSetup) -> GRPOConfig:
+def second_moment_proxy(model: TinyCausalLM, batch: GRPOBatch) -> torch.Tensor:
+    r"""Per-token second-moment proxy :math:`m_{it} = (c_{it} A_i (1 - p_{it}))^2`, fixed before
+    the draw (float64, 0 off the response mask).
+
+    :math:`p_{it}` is the sampled token's probability under the policy that generated the batch
+    (one no-grad forward, the old-policy pass a PPO/GRPO pipeline makes anyway),
+    :math:`c_{it}` the full-mask loss coefficient of ``seq-mean-token-mean`` (:math:`1 / (B N_i)`)
+    and :math:`A_i` the advantage: :math:`|A|(1 - p)` is the proxy that tracks
+    :math:`\|\nabla \ell_t\|` best on the trained policies (``docs/results/benchmarks``).
+    """
+    rm = batch.response_mask
+    with torch.no_grad():
+        logits = model(batch.input_ids, batch.attention_mask)
+        lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(
+            -1, batch.input_ids[:, 1:, None])[..., 0]
+    p = torch.nn.functional.pad(lp.exp(), (1, 0))
+    c = loss_coefficients(rm, LOSS_MODE, dtype=torch.float64)
+    m = (c * batch.advantages.double()[:, None] * (1 - p)) ** 2
+    return torch.where(rm, m, torch.zeros_like(m))
+
+
+def design_sizes(m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sizes for the optimal designs from a proxy: ``m`` floored at ``1e-6 * max`` on the mask
+    (a row whose advantage is 0 contributes no gradient and gets the floor; sizes must be > 0).
+    """
+    top = float(m.max()) if m.numel() else 0.0
+    floor = 1e-6 * top if top > 0 else 1.0
+    return torch.where(mask, m.clamp_min(floor), torch.zeros_like(m))
+
+
+def make_controller(arm: Arm) -> KappaController:
+    """The controller of a controlled arm (its design, batch budget and bounds)."""
+    assert arm.epsilon is not None
+    lo, hi = CONTROLLER_BOUNDS
+    return KappaController(epsilon=arm.epsilon, design=arm.design, shared=arm.shared,
+                           kappa_min=lo, kappa_max=hi, full_keep=FULL_KEEP)
+
+
+def _config(arm: Arm, setup: TrainingSetup, keep: float | None = None) -> GRPOConfig:
     if arm.kind in ("ht", "hajek"):
-        return GRPOConfig(loss_mode=LOSS_MODE, design=arm.design, keep=arm.keep,
+        return GRPOConfig(loss_mode=LOSS_MODE, design=arm.design,
+                          keep=arm.keep if keep is None else keep, shared=arm.shared,
+                          full_keep=FULL_KEEP,
                           normalizer="hajek" if arm.kind == "hajek" else "ht",
                           max_tokens=setup.token_budget)
     # full, shortcut, truncate: every token of the (possibly rewritten) mask, weight 1
@@ -325,14 +398,16 @@ def _first_fraction(response_mask: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def arm_update(arm: Arm, batch: GRPOBatch, setup: TrainingSetup,
-               generator: torch.Generator) -> tuple[GRPOBatch, Selection, GRPOConfig]:
-    """The batch, selection and config one arm's update runs on.
+               generator: torch.Generator, keep: float | None = None,
+               ) -> tuple[GRPOBatch, Selection, GRPOConfig]:
+    """The batch, selection and config one arm's update runs on (``keep``: this step's keep
+    fraction when a controller chose it; ``batch.sizes``: the optimal designs' proxies).
 
     The shortcut and truncation controls rewrite the response mask (their selection becomes the
     mask, every token of it with weight 1 and normalisers from it); the other arms keep the batch
     and draw their design's selection.
     """
-    cfg = _config(arm, setup)
+    cfg = _config(arm, setup, keep)
     rm = batch.response_mask
     if arm.kind in ("shortcut", "truncate"):
         if arm.kind == "shortcut":
@@ -341,7 +416,9 @@ def arm_update(arm: Arm, batch: GRPOBatch, setup: TrainingSetup,
             sample = _first_fraction(rm, arm.keep)
         batch = replace(batch, response_mask=sample)
         return batch, select_tokens(sample, "poisson", 1.0), cfg
-    return batch, select_tokens(rm, cfg.design, cfg.keep, generator=generator), cfg
+    sizes = batch.sizes if needs_sizes(cfg.design) else None
+    return batch, select_tokens(rm, cfg.design, cfg.keep, sizes=sizes, shared=cfg.shared,
+                                full_keep=cfg.full_keep, generator=generator), cfg
 
 
 def _token_logprobs(model: TinyCausalLM, params: dict[str, torch.Tensor],
@@ -381,9 +458,11 @@ def random_directions(model: TinyCausalLM, n: int, seed: int) -> list[dict[str, 
 
 def variance_terms(arm: Arm, model: TinyCausalLM, batch: GRPOBatch, setup: TrainingSetup,
                    directions: list[dict[str, torch.Tensor]],
-                   generator: torch.Generator) -> dict[str, list[float]]:
+                   generator: torch.Generator, keep: float | None = None,
+                   ) -> dict[str, list[float]]:
     """NAT-added variance, squared bias and rollout variance of the projected gradient (module
-    notes), one value per direction."""
+    notes), one value per direction (``keep``: this step's keep fraction for a controlled
+    arm)."""
     rm = batch.response_mask
     adv = batch.advantages.float()
     D = [-adv[:, None] * logprob_jvp(model, batch, v) for v in directions]
@@ -400,7 +479,10 @@ def variance_terms(arm: Arm, model: TinyCausalLM, batch: GRPOBatch, setup: Train
         nat = torch.zeros(J, dtype=torch.float64)
         bias2 = torch.zeros(J, dtype=torch.float64)
     elif arm.kind == "ht":
-        design = select_tokens(rm, arm.design, arm.keep).design
+        cfg = _config(arm, setup, keep)
+        sizes = batch.sizes if needs_sizes(cfg.design) else None
+        design = select_tokens(rm, cfg.design, cfg.keep, sizes=sizes, shared=cfg.shared,
+                               full_keep=cfg.full_keep).design
         nat = design_variance(y, design, axis=1).sum(0)
         bias2 = torch.zeros(J, dtype=torch.float64)
     elif arm.kind == "truncate":
@@ -441,10 +523,12 @@ def run_seed(setup: TrainingSetup, seed: int, device: str = "cpu",
     sample_g = {a.name: _generator(seed, 3, dev) for a in arms}
     select_g = {a.name: _generator(seed, 4, dev) for a in arms}
     mc_g = {a.name: _generator(seed, 5, dev) for a in arms}
+    ctrls = {a.name: make_controller(a) for a in arms if a.controlled}
     rec: dict[str, dict[str, list[Any]]] = {
         a.name: {k: [] for k in ("reward", "loss_tokens", "forward_tokens", "full_tokens",
                                  "eligible_tokens", "fwd_bwd_s", "optimizer_s", "rollout_s",
-                                 "peak_bytes", "grad_norm", "variance")}
+                                 "proxy_s", "keep", "peak_bytes", "grad_norm", "variance",
+                                 "controller")}
         for a in arms
     }
     peak_method = None
@@ -459,11 +543,44 @@ def run_seed(setup: TrainingSetup, seed: int, device: str = "cpu",
             r["reward"].append(float(rewards.mean()))
             r["rollout_s"].append(t_roll)
             r["eligible_tokens"].append(float(batch.response_mask.sum()))
+            # old-policy proxies (the no-grad pass a PPO pipeline makes for its ratio anyway;
+            # timed apart from the fwd+bwd)
+            m = None
+            if arm.needs_proxy:
+                m, t_proxy = timed(partial(second_moment_proxy, model, batch), dev)
+                batch = replace(batch, sizes=design_sizes(m, batch.response_mask))
+                r["proxy_s"].append(t_proxy)
+            else:
+                r["proxy_s"].append(0.0)
+            keep, t_keep = None, 0.0
+            if arm.controlled:
+                ctrl = ctrls[arm.name]
+                keep, t_keep = timed(partial(ctrl.kappa, batch.response_mask, m,
+                                             sizes=batch.sizes), dev)
+            r["keep"].append(arm.keep if keep is None else keep)
+            vt = None
             if step % setup.variance_every == 0:
-                r["variance"].append({"step": step, **variance_terms(
-                    arm, model, batch, setup, directions, mc_g[arm.name])})
+                vt = variance_terms(arm, model, batch, setup, directions, mc_g[arm.name], keep)
+                r["variance"].append({"step": step, **vt})
+            if arm.controlled and step % setup.observe_every == 0:
+                # the realised ratio of this step's design (after its kappa was chosen; only
+                # later steps' kappas use the refitted calibration)
+                if vt is None:
+                    vt = variance_terms(arm, model, batch, setup, directions, mc_g[arm.name],
+                                        keep)
+                roll = sum(vt["rollout_var"])
+                realised = sum(vt["nat_var"]) / roll if roll > 0 else float("nan")
+                used = ctrl.history[-1]
+                if math.isfinite(realised) and realised > 0 and used["ratio"] > 0:
+                    ctrl.observe(realised)
+                r["controller"].append({"step": step, "kappa": keep,
+                                        "predicted": used["ratio"], "bound": used["bound"],
+                                        "calibration_used": used["calibration"],
+                                        "realised": realised, "nat_var": vt["nat_var"],
+                                        "rollout_var": vt["rollout_var"]})
             (ub, sel, cfg), t_sel = timed(
-                partial(arm_update, arm, batch, setup, select_g[arm.name]), dev)
+                partial(arm_update, arm, batch, setup, select_g[arm.name], keep), dev)
+            t_sel += t_keep
             backward = partial(grpo_backward, VarlenCausalLM(model), ub, cfg, selection=sel)
             if step % setup.memory_every == 0:
                 opts[arm.name].zero_grad(set_to_none=True)
@@ -611,7 +728,52 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         out[f"{name}/time_to_target_s"] = statistics.fmean(hit_t) if hit_t else float("nan")
         out[f"{name}/fwd_bwd_s_per_step"] = statistics.median(
             x for a, _ in per for x in a["fwd_bwd_s"])
+        out[f"{name}/keep_mean"] = statistics.fmean(k for a, _ in per for k in a.get("keep", [1.0]))
+        hit_tok = []
+        for a, _ in per:
+            ma = _moving_average(a["reward"], 5)
+            k = next((i for i, v in enumerate(ma) if v >= setup.target), None)
+            if k is not None:
+                hit_tok.append(sum(a["loss_tokens"][: k + 1]))
+        out[f"{name}/loss_tokens_to_target"] = (statistics.fmean(hit_tok) if hit_tok
+                                                else float("nan"))
+        arm = ARM_BY_NAME.get(name)
+        if arm is not None and arm.epsilon is not None:
+            out.update(_controller_summary(name, arm.epsilon, [a for a, _ in per], setup))
     return out
+
+
+def _controller_summary(name: str, eps: float, recs: list[dict[str, Any]],
+                        setup: TrainingSetup) -> dict[str, Any]:
+    r"""How closely a controlled arm held NAT-added / rollout variance at ``eps``.
+
+    Per observed step the realised ratio is a noisy estimate (the rollout variance comes from
+    ``setup.prompts`` independent groups: relative standard error about
+    :math:`\sqrt{2 / (G - 1)}`), so the run-level figure pools each seed's observations
+    (:math:`\sum` NAT-added over :math:`\sum` rollout) and reports the worst seed.
+    """
+    obs = [[o for o in a["controller"] if math.isfinite(o["realised"])] for a in recs]
+    per_seed = [_ratio(sum(sum(o["nat_var"]) for o in os_), sum(sum(o["rollout_var"])
+                                                                  for o in os_))
+                for os_ in obs if os_]
+    steps = [abs(o["realised"] / eps - 1) for os_ in obs for o in os_]
+    pooled = _ratio(sum(sum(o["nat_var"]) for os_ in obs for o in os_),
+                    sum(sum(o["rollout_var"]) for os_ in obs for o in os_))
+    finals = [a["controller"][-1]["calibration_used"] for a in recs if a["controller"]]
+    return {
+        f"{name}/controller_variance_ratio_error": (max(abs(r / eps - 1) for r in per_seed)
+                                                    if per_seed else float("nan")),
+        f"{name}/controller_pooled_ratio": pooled,
+        f"{name}/controller_seed_ratios": per_seed,
+        f"{name}/controller_step_error_median": (statistics.median(steps) if steps
+                                                 else float("nan")),
+        f"{name}/controller_step_error_max": max(steps) if steps else float("nan"),
+        f"{name}/controller_observations": len(steps),
+        f"{name}/controller_measurement_rse": math.sqrt(2 / max(setup.prompts - 1, 1)),
+        f"{name}/controller_final_calibration": (statistics.fmean(finals) if finals
+                                                 else float("nan")),
+        f"{name}/controller_bound_hits": sum(o["bound"] != "" for os_ in obs for o in os_),
+    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -667,6 +829,8 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes (2 seeds, short answers)")
+    ap.add_argument("--budget", action="store_true",
+                    help="the budget study's arms (BUDGET_ARMS) instead of the paper's")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes running seeds in parallel (one torch thread each)")
@@ -687,6 +851,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(1)
     setup = TrainingSetup.quick() if args.quick else TrainingSetup.full()
+    if args.budget:
+        setup = replace(setup, arms=BUDGET_ARMS)
     if args.seeds is not None:
         setup = replace(setup, seeds=tuple(range(args.seeds)))
     if args.steps is not None:

@@ -44,6 +44,8 @@ from .selection import _build_design, needs_sizes
 __all__ = ["KappaController", "default_second_moment"]
 
 _BISECT = 40
+#: Width of the bisection bracket on kappa before the final interpolation step.
+_KAPPA_TOL = 1e-3
 
 
 @dataclass
@@ -194,15 +196,26 @@ class KappaController:
             if r_lo <= eps:
                 k, r, bound = lo, r_lo, "kappa_min"
             else:
-                a, b = lo, hi
+                # bisection down to a bracket of width _KAPPA_TOL (each evaluation solves a
+                # design), then one step of regula falsi on log ratio inside it
+                a, b, ra, rb = lo, hi, r_lo, r_hi
                 for _ in range(_BISECT):
+                    if b - a <= _KAPPA_TOL:
+                        break
                     mid = 0.5 * (a + b)
-                    if ratio(mid) > eps:
-                        a = mid
+                    rm_ = ratio(mid)
+                    if rm_ > eps:
+                        a, ra = mid, rm_
                     else:
-                        b = mid
-                k, bound = b, ""
-                r = ratio(k)
+                        b, rb = mid, rm_
+                k, r = b, rb
+                if 0 < rb < eps < ra:
+                    t = math.log(ra / eps) / math.log(ra / rb)
+                    k2 = a + t * (b - a)
+                    r2 = ratio(k2)
+                    if abs(math.log(r2 / eps)) < abs(math.log(r / eps)):
+                        k, r = k2, r2
+                bound = ""
         self.history.append({"kappa": k, "ratio": r, "bound": bound,
                              "calibration": self.calibration})
         return k
