@@ -2,7 +2,7 @@ r"""Training benchmark: does a NAT GRPO update learn as well as the full-token u
 
 A small-scale reproduction of the training claim of token subsampling ("matches full-token GRPO
 with 50% of the tokens"): the same policy, the same warm start, the same prompts and the same
-hyper-parameters, trained by GRPO with eight ways of building the update, paired over seeds.
+hyper-parameters, trained by GRPO with up to ten ways of building the update, paired over seeds.
 
 Task and policy
 ---------------
@@ -31,7 +31,20 @@ Arms (same seeds, same hyper-parameters)
     estimator: biased);
 ``truncate@0.5`` (control)
     the first half of every response, always (deterministic: no variance, but the second half is
-    never trained).
+    never trained);
+``prefix_optimal@0.5`` (budget study, ``--budget``)
+    the variance-optimal cut law (:meth:`nat_estimators.Prefix.optimal`) at the same expected
+    tokens, one budget for the batch (``shared=True``), second moments from the proxy
+    :math:`m_{it} = (c_{it} A_i (1 - p_{it}))^2` (:func:`second_moment_proxy`: a no-grad pass of
+    the policy that generated the batch, the pass a PPO pipeline makes for its ratio anyway,
+    timed apart as ``proxy_s``);
+``controlled@eps0.25`` (budget study)
+    the same design with each step's keep fraction chosen by
+    :class:`nat_estimators.rl.KappaController` (:math:`\varepsilon = 0.25`, :math:`\kappa \in
+    [0.1, 1]`) from the same proxies, before the draw; every ``observe_every`` steps the
+    realised ratio of that step (the decomposition below) refits the controller's calibration
+    (:meth:`~nat_estimators.rl.KappaController.observe`), which only later steps use.  The
+    :math:`\kappa` solve is timed in the arm's fwd+bwd time (and apart, ``control_s``).
 
 Every arm runs :func:`nat_estimators.rl.grpo_backward` (the library's step: full-mask normalisers,
 selection, crop, packing, selected-position LM head, ``seq-mean-token-mean`` GRPO loss) on a
@@ -90,15 +103,21 @@ on a fixed evaluation set of prompts, the same for every arm of a seed), ``final
 ``time_ratio`` (median over steps and seeds of the fwd+bwd time paired with ``full``'s at the same
 step), ``token_ratio`` (tokens in the loss, total over the run, against ``full``),
 ``variance_ratio``; plus ``forward_token_ratio``, ``peak_memory_ratio``, ``bias_ratio``,
-``time_to_target_s`` and ``steps_to_target`` (first step at which the 5-step moving average of the
-rollout reward reaches ``TrainingSetup.target``, mean over the seeds that reach it, with
-``reached_target`` counting them).
+``time_to_target_s``, ``steps_to_target`` and ``loss_tokens_to_target`` (first step at which the
+5-step moving average of the rollout reward reaches ``TrainingSetup.target``, mean over the seeds
+that reach it, with ``reached_target`` counting them), ``keep_mean``.  Controlled arms add
+``controller_variance_ratio_error`` (worst seed's :math:`|r/\varepsilon - 1|` with :math:`r` the
+seed's NAT-added over rollout variance pooled over its observed steps), the per-step median and
+maximum of :math:`|r_s/\varepsilon - 1|` and the measurement's relative standard error
+:math:`\sqrt{2/(G-1)}` (:func:`_controller_summary`).
 
 Run from the repository root::
 
     python benchmarks/training.py --quick                      # a few minutes
     python benchmarks/training.py --json benchmarks/results/training.json \
         --page docs/results/training.md                        # the full run
+    python benchmarks/training.py --budget --json benchmarks/results/training_budget.json \
+        --page docs/results/training_budget.md                 # the budget study
 """
 
 from __future__ import annotations
@@ -527,8 +546,8 @@ def run_seed(setup: TrainingSetup, seed: int, device: str = "cpu",
     rec: dict[str, dict[str, list[Any]]] = {
         a.name: {k: [] for k in ("reward", "loss_tokens", "forward_tokens", "full_tokens",
                                  "eligible_tokens", "fwd_bwd_s", "optimizer_s", "rollout_s",
-                                 "proxy_s", "keep", "peak_bytes", "grad_norm", "variance",
-                                 "controller")}
+                                 "proxy_s", "control_s", "keep", "peak_bytes", "grad_norm",
+                                 "variance", "controller")}
         for a in arms
     }
     peak_method = None
@@ -558,6 +577,7 @@ def run_seed(setup: TrainingSetup, seed: int, device: str = "cpu",
                 keep, t_keep = timed(partial(ctrl.kappa, batch.response_mask, m,
                                              sizes=batch.sizes), dev)
             r["keep"].append(arm.keep if keep is None else keep)
+            r["control_s"].append(t_keep)
             vt = None
             if step % setup.variance_every == 0:
                 vt = variance_terms(arm, model, batch, setup, directions, mc_g[arm.name], keep)
@@ -773,6 +793,8 @@ def _controller_summary(name: str, eps: float, recs: list[dict[str, Any]],
         f"{name}/controller_final_calibration": (statistics.fmean(finals) if finals
                                                  else float("nan")),
         f"{name}/controller_bound_hits": sum(o["bound"] != "" for os_ in obs for o in os_),
+        f"{name}/control_time_share": _ratio(sum(sum(a.get("control_s", [])) for a in recs),
+                                             sum(sum(a["fwd_bwd_s"]) for a in recs)),
     }
 
 

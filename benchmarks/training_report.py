@@ -128,35 +128,148 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _budget_section(result: dict[str, Any], files: dict[str, str]) -> list[str]:
+    """The budget study's outcome: the optimal cut law against RPC at equal expected tokens, and
+    the controlled keep fraction (its variance ratio against epsilon, tokens to target)."""
+    from benchmarks.training import ARM_BY_NAME, CONTROLLER_BOUNDS, FULL_KEEP
+
+    st, s, n = result["setup"], result["summary"], len(result["seeds"])
+    arms = st["arms"]
+    L = ["## Budgets\n"]
+    opt, rpc = "prefix_optimal@0.5", "prefix@0.5"
+    if opt in arms and rpc in arms:
+        L.append(
+            f"* **Variance-optimal cut law** (`{opt}`: `Prefix.optimal` with one token budget "
+            "for the batch, second moments from the proxy "
+            "(c·A·(1 − p))² of an old-policy pass): variance ratio "
+            f"{_f(s[opt + '/variance_ratio'])} against {_f(s[rpc + '/variance_ratio'])} for the "
+            f"paper's prefix cutting at the same expected tokens (loss-token ratios "
+            f"{_f(s[opt + '/token_ratio'])} and {_f(s[rpc + '/token_ratio'])}): "
+            f"**{_f(s[opt + '/variance_ratio'] / s[rpc + '/variance_ratio'], 3)}×** the "
+            f"NAT-added variance, at fwd+bwd time ratio {_f(s[opt + '/time_ratio'])} "
+            f"(RPC {_f(s[rpc + '/time_ratio'])}). Final reward {_f(s[opt + '/final_reward'])} "
+            f"against {_f(s[rpc + '/final_reward'])} (RPC) and {_f(s['full/final_reward'])} "
+            f"(full).")
+    for a in arms:
+        arm = ARM_BY_NAME.get(a)
+        if arm is None or arm.epsilon is None:
+            continue
+        eps = arm.epsilon
+        seeds = ", ".join(_f(r, 2) for r in s[a + "/controller_seed_ratios"])
+        L.append(
+            f"* **Keep fraction chosen by the data** (`{a}`: `KappaController`, design "
+            f"`{arm.design}` with a batch budget, ε = {eps}, κ in {list(CONTROLLER_BOUNDS)}, "
+            f"full_keep {FULL_KEEP}; calibration refitted by `observe` every "
+            f"{st['observe_every']} steps from the measured ratio): mean κ "
+            f"{_f(s[a + '/keep_mean'])}, loss-token ratio {_f(s[a + '/token_ratio'])}. "
+            f"Realised NAT-added / rollout variance pooled over each run: {seeds} "
+            f"(ε = {eps}); worst seed off by "
+            f"**{_f(100 * s[a + '/controller_variance_ratio_error'], 0)}%** "
+            f"(`controller_variance_ratio_error`), all seeds pooled "
+            f"{_f(s[a + '/controller_pooled_ratio'])}. Per observed step the deviation has "
+            f"median {_f(100 * s[a + '/controller_step_error_median'], 0)}% and maximum "
+            f"{_f(100 * s[a + '/controller_step_error_max'], 0)}% over "
+            f"{s[a + '/controller_observations']} observations — a single step's ratio is "
+            "measured with a relative standard error of about "
+            f"{_f(100 * s[a + '/controller_measurement_rse'], 0)}% (its rollout variance comes "
+            f"from {st['prompts']} prompt groups), so per-step deviations are dominated by "
+            f"measurement noise. κ hit a bound {s[a + '/controller_bound_hits']} times; final "
+            f"calibration {_f(s[a + '/controller_final_calibration'])}. Its fwd+bwd time "
+            f"ratio {_f(s[a + '/time_ratio'])} includes solving for κ each step"
+            + ("" if math.isnan(s[a + "/control_time_share"]) else
+               f" ({_f(100 * s[a + '/control_time_share'], 0)}% of the arm's fwd+bwd time "
+               "on this tiny policy: a few dozen design solves over the batch, independent of "
+               "the model's size)") + ".")
+        L.append(
+            f"* **Tokens to the target reward {st['target']}** (loss tokens summed until the "
+            "5-step moving average of the rollout reward first reaches it, mean over the seeds "
+            "that reach it): " + "; ".join(
+                f"`{b}` {_f(s[b + '/loss_tokens_to_target'], 0)} "
+                f"({s[b + '/reached_target']}/{n} seeds)" for b in arms) + ".")
+    L.append("")
+    if "controller" in files:
+        L.append(f"![controller]({files['controller']})\n")
+    return L
+
+
+def _controller_figure(result: dict[str, Any], stem: Path) -> str | None:
+    """Per observed step, mean over seeds: the chosen kappa and the realised ratio over eps."""
+    from benchmarks.training import ARM_BY_NAME
+
+    ctrl = [a for a in result["setup"]["arms"]
+            if a in ARM_BY_NAME and ARM_BY_NAME[a].epsilon is not None]
+    if not ctrl:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for a in ctrl:
+        eps = ARM_BY_NAME[a].epsilon
+        assert eps is not None
+        for sd in result["seeds"]:
+            obs = sd["arms"][a]["controller"]
+            ax1.plot([o["step"] + 1 for o in obs], [o["kappa"] for o in obs], lw=1, alpha=0.7,
+                     label=f"seed {sd['seed']}")
+            ax2.plot([o["step"] + 1 for o in obs], [o["realised"] / eps for o in obs], "o-",
+                     lw=0.8, ms=3, alpha=0.7)
+        ax2.axhline(1.0, color="black", lw=1)
+        ax2.axhspan(0.8, 1.2, color="grey", alpha=0.15, label="±20%")
+    ax1.set_xlabel("GRPO step")
+    ax1.set_ylabel("κ chosen")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("GRPO step")
+    ax2.set_ylabel("realised ratio / ε")
+    ax2.set_yscale("log")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    ax2.set_title("measured NAT-added / rollout variance per observed step")
+    fig.tight_layout()
+    name = f"{stem.name}_controller.png"
+    fig.savefig(stem.parent / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def _f(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
 def write_page(result: dict[str, Any], page: Path | str) -> None:
     """Write the results page and its figures."""
-    from benchmarks.training import summarise
+    from benchmarks.training import ARM_BY_NAME, summarise
 
     page = Path(page)
     page.parent.mkdir(parents=True, exist_ok=True)
     result = {**result, "summary": summarise(result)}
     st = result["setup"]
+    budget = any(ARM_BY_NAME[a].needs_proxy for a in st["arms"] if a in ARM_BY_NAME)
+    flag = " --budget" if budget else ""
+    stem = "training_budget" if budget else "training"
     s = result["summary"]
     seeds = result["seeds"]
     result = {**result, "warm_start_reward_mean": statistics.fmean(
         x["warm_start_reward"] for x in seeds)}
     files = _figures(result, page.with_suffix(""))
+    ctrl_fig = _controller_figure(result, page.with_suffix(""))
+    if ctrl_fig is not None:
+        files["controller"] = ctrl_fig
     v = verdicts(result)
     n = len(seeds)
     quick = st["steps"] < 30 or n < 5
     m = result["machine"]
     L = []
-    L.append("# Training with token subsampling: GRPO on a long-answer task\n")
+    L.append("# Token budgets chosen by the data: GRPO on a long-answer task\n" if budget else
+             "# Training with token subsampling: GRPO on a long-answer task\n")
     if quick:
         L.append("```{note}\nThis page comes from a **quick run** "
                  f"({n} seeds, {st['steps']} steps, answers of {st['min_len']}–{st['max_len']} "
                  "tokens): a smoke test of the pipeline, too small for the equivalence test to "
-                 "have power. The full run is `python benchmarks/training.py --json "
-                 "benchmarks/results/training.json --page docs/results/training.md`.\n```\n")
+                 f"have power. The full run is `python benchmarks/training.py{flag} --json "
+                 f"benchmarks/results/{stem}.json --page docs/results/{stem}.md`.\n```\n")
     L.append(
         f"Generated by `{result.get('command', 'python benchmarks/training.py')}` on "
         f"{m['date']} ({result['wall_s'] / 60:.1f} min wall, device `{m['device']}`, torch "
@@ -217,6 +330,8 @@ def write_page(result: dict[str, Any], page: Path | str) -> None:
         "its late tokens carry weights up to 1/`full_keep` and their inclusions are nested. "
         "The controls add bias instead (squared-bias ratio in the table), which more steps do "
         "not remove.\n")
+    if budget:
+        L.extend(_budget_section(result, files))
     L.append(f"![reward curves]({files['curves']})\n")
     L.append(f"![final reward and variance ratio]({files['final']})\n")
     L.append("## Per arm\n")
