@@ -453,6 +453,25 @@ def test_variance_ratio_controller_sets_the_keep_fraction(model_dir, tok, tmp_pa
     assert len(logs) == 2
 
 
+def test_shared_budget_with_the_controller(model_dir, tok, tmp_path):
+    """nat_shared with an optimal design: one budget over the process's batch (the drawn
+    design's pi sums to kappa * sum N_i) and the controller predicts that same design."""
+    natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, max_steps=1,
+                        nat_design="prefix_optimal", nat_sizes="advantage", nat_shared=True,
+                        nat_keep=0.9, nat_variance_ratio=1.0, learning_rate=1e-2,
+                        per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                        steps_per_generation=2)
+    assert natt.args._nat_controller().shared
+    natt.model.train()
+    prompts = [{"prompt": "ab"}] * 4
+    out = super(NATGRPOTrainer, natt)._generate_and_score_completions(prompts)
+    sel = natt._nat_draw(out)
+    k = natt._nat_kappa.history[-1]["kappa"]
+    mask = sel.response_mask
+    pi = sel.design.inclusion_probabilities()
+    torch.testing.assert_close(pi.sum().double(), k * mask.sum().double(), rtol=1e-9, atol=1e-9)
+
+
 def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     base = make_trainer(GRPOTrainer, model_dir, tok, tmp_path)
     natt = make_trainer(NATGRPOTrainer, model_dir, tok, tmp_path, nat_keep=0.25)
@@ -482,6 +501,8 @@ def test_evaluation_uses_the_full_loss(model_dir, tok, tmp_path):
     (dict(nat_design="prefix", nat_sizes="entropy"), "nat_sizes"),
     (dict(nat_design="systematic_proportional", nat_sizes="logits"), "nat_sizes"),
     (dict(nat_seed=1.5), "nat_seed"),
+    (dict(nat_shared=True), "nat_shared"),
+    (dict(nat_design="poisson_optimal", nat_sizes="entropy", nat_shared=1), "nat_shared"),
     (dict(nat_variance_ratio=0.0), "epsilon must be > 0"),
     (dict(nat_variance_ratio=-1.0), "epsilon must be > 0"),
     (dict(importance_sampling_level="sequence"), "importance_sampling_level"),

@@ -141,6 +141,11 @@ class NATGRPOConfig(GRPOConfig):
         :math:`(A\, x)^2`, :math:`x` the ``nat_sizes`` measure or 1; fixed before the draw).
         ``nat_keep`` is then the upper bound of :math:`\kappa`, ``nat_full_keep`` (at least
         0.05) the lower.  Each process chooses for its own rows.
+    nat_shared : bool, default False
+        Variance-optimal designs (``*_optimal``) only: one token budget for the whole generation
+        batch of this process (:math:`\kappa \sum_i N_i` expected tokens, spent where the
+        second-moment proxies are large) instead of :math:`\kappa N_i` per completion; see
+        :func:`~nat_estimators.rl.select_tokens`.  The controller then predicts that design.
     nat_seed : int, default 0
         Seed of the selection generator; process :math:`r` uses ``nat_seed + r``.
     nat_group_rows : bool, default True
@@ -189,6 +194,10 @@ class NATGRPOConfig(GRPOConfig):
         metadata={"help": "If set, choose each batch's keep fraction (<= nat_keep) so that NAT "
                           "adds this fraction of the rollout variance (KappaController)."},
     )
+    nat_shared: bool = field(
+        default=False,
+        metadata={"help": "Optimal designs: one token budget for the process's whole batch."},
+    )
     nat_seed: int = field(default=0, metadata={"help": "Seed of the NAT selection generator."})
     nat_group_rows: bool = field(
         default=True, metadata={"help": "Prefix: group rows of similar kept length."}
@@ -223,6 +232,13 @@ class NATGRPOConfig(GRPOConfig):
                     f"nat_sizes is only used by the proportional designs, not "
                     f"nat_design={self.nat_design!r}; leave it None"
                 )
+        if not isinstance(self.nat_shared, bool):
+            raise ValueError(f"nat_shared must be a bool, got {self.nat_shared!r}")
+        if self.nat_shared and not self.nat_design.endswith("_optimal"):
+            raise ValueError(
+                f"nat_shared=True (one token budget for the batch) needs a variance-optimal "
+                f"design (*_optimal), not nat_design={self.nat_design!r}"
+            )
         if self.nat_variance_ratio is not None:
             self._nat_controller()  # validates epsilon and the kappa bounds
         if isinstance(self.nat_seed, bool) or not isinstance(self.nat_seed, int):
@@ -239,7 +255,7 @@ class NATGRPOConfig(GRPOConfig):
         return KappaController(
             epsilon=self.nat_variance_ratio,  # type: ignore[arg-type]
             kappa_min=min(lo, self.nat_keep), kappa_max=self.nat_keep, design=self.nat_design,
-            full_keep=self.nat_full_keep, min_keep=self.nat_min_keep,
+            full_keep=self.nat_full_keep, min_keep=self.nat_min_keep, shared=self.nat_shared,
         )
 
 
@@ -399,6 +415,7 @@ class NATGRPOTrainer(GRPOTrainer):
         return select_tokens(
             mask, design, keep, sizes=sizes,
             generator=self._nat_generator, full_keep=a.nat_full_keep, min_keep=a.nat_min_keep,
+            shared=a.nat_shared,
         )
 
     def _nat_fields(self, selection: Selection) -> dict[str, torch.Tensor]:
