@@ -793,8 +793,9 @@ def _controller_summary(name: str, eps: float, recs: list[dict[str, Any]],
         f"{name}/controller_final_calibration": (statistics.fmean(finals) if finals
                                                  else float("nan")),
         f"{name}/controller_bound_hits": sum(o["bound"] != "" for os_ in obs for o in os_),
-        f"{name}/control_time_share": _ratio(sum(sum(a.get("control_s", [])) for a in recs),
-                                             sum(sum(a["fwd_bwd_s"]) for a in recs)),
+        f"{name}/control_time_share": (
+            _ratio(sum(sum(a["control_s"]) for a in recs), sum(sum(a["fwd_bwd_s"]) for a in recs))
+            if all("control_s" in a for a in recs) else float("nan")),
     }
 
 

@@ -448,7 +448,7 @@ def test_variance_ratio_controller_sets_the_keep_fraction(model_dir, tok, tmp_pa
     natt.train()
     hist = natt._nat_kappa.history
     assert hist and all(0.05 <= h["kappa"] <= 0.9 for h in hist)
-    assert all(h["bound"] != "" or abs(h["ratio"] / 2.0 - 1) < 1e-6 for h in hist)
+    assert all(h["bound"] != "" or abs(h["ratio"] / 2.0 - 1) <= 1e-4 for h in hist)
     logs = [h for h in natt.state.log_history if "nat/kept_fraction" in h]
     assert len(logs) == 2
 

@@ -181,3 +181,51 @@ def test_selection_invariants(lengths, design, keep, seed):
         c = NATSelector.cropped(b).batch["attention_mask"][:, P:].bool()
         assert bool((sel.sample <= c).all())
         assert torch.equal(c.sum(-1), sel.crop_lengths)
+
+
+# ----------------------------------------------------------------------------- optimal designs
+@pytest.mark.parametrize("design", ["prefix_optimal", "poisson_optimal", "systematic_optimal"])
+def test_optimal_designs_read_sizes_and_share_a_budget(design):
+    """The variance-optimal designs take their sizes (second-moment proxies) from the batch;
+    shared=True spends keep * sum N_i over the whole batch; prefix_optimal also crops."""
+    b = _batch(3)
+    sel = NATSelector(design, 0.5, sizes="surprisal", shared=True, seed=0).select(b)
+    mask = b.batch["response_mask"].bool()
+    pi = sel.design.inclusion_probabilities()
+    torch.testing.assert_close(pi.sum().double(), 0.5 * mask.sum().double(), rtol=1e-9,
+                               atol=1e-9)
+    assert ("nat_crop_lengths" in b.batch.keys()) == design.startswith("prefix")
+    per_row = NATSelector(design, 0.5, sizes="surprisal", seed=0).select(_batch(3))
+    rows = per_row.design.inclusion_probabilities().sum(-1).double()
+    torch.testing.assert_close(rows, 0.5 * mask.sum(-1).double(), rtol=1e-9, atol=1e-9)
+
+
+def test_variance_ratio_controller_chooses_keep():
+    """variance_ratio: each step's keep comes from the KappaController (between its bounds),
+    predicted from the batch's advantages and sizes before the draw."""
+    sel = NATSelector("prefix_optimal", 0.9, sizes="advantage", variance_ratio=0.5, shared=True,
+                      seed=0)
+    assert sel.controller is not None and sel.controller.shared
+    for s in range(3):
+        b = _batch(s)
+        out = sel.select(b)
+        rec = sel.controller.history[-1]
+        assert 0.05 <= rec["kappa"] <= 0.9
+        assert rec["bound"] != "" or abs(rec["ratio"] / 0.5 - 1) < 1e-4
+        mask = b.batch["response_mask"].bool()
+        torch.testing.assert_close(out.design.inclusion_probabilities().sum().double(),
+                                   rec["kappa"] * mask.sum().double(), rtol=1e-9, atol=1e-9)
+    assert nat_options({"nat": {"design": "prefix_optimal", "sizes": "advantage",
+                                "variance_ratio": 0.5, "shared": True}})["shared"] is True
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(design="prefix", shared=True), "variance-optimal"),
+    (dict(design="prefix_optimal"), "needs sizes"),
+    (dict(design="prefix", sizes="advantage"), "proportional and optimal"),
+    (dict(design="poisson", variance_ratio=0.0), "epsilon must be > 0"),
+    (dict(design="poisson_optimal", sizes="entropy", shared=1), "shared must be a bool"),
+])
+def test_optimal_and_controller_options_are_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        NATSelector(**kw)

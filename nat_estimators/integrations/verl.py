@@ -51,7 +51,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
         "transformers range, so use an environment of its own)"
     ) from _e
 
-from ..rl import Selection, select_tokens
+from ..rl import KappaController, Selection, needs_sizes, select_tokens
 from ..rl._checks import check_fraction
 from ..rl.batching import crop_mask
 from ..rl.selection import _design_names
@@ -172,8 +172,9 @@ def nat_options(config: Any) -> dict[str, Any]:
     """The keyword arguments of :class:`NATSelector` from a verl config's ``nat`` section.
 
     Reads ``nat.design``, ``nat.keep``, ``nat.sizes``, ``nat.seed`` (default: ``data.seed`` or
-    0), ``nat.full_keep``, ``nat.min_keep`` and ``nat.crop``; a missing section means NAT is off
-    (``{}``).  On the command line: ``+nat.design=prefix +nat.keep=0.5``.
+    0), ``nat.full_keep``, ``nat.min_keep``, ``nat.crop``, ``nat.variance_ratio`` and
+    ``nat.shared``; a missing section means NAT is off (``{}``).  On the command line:
+    ``+nat.design=prefix +nat.keep=0.5``.
 
     Examples
     --------
@@ -186,7 +187,8 @@ def nat_options(config: Any) -> dict[str, Any]:
     section = _get(config, "nat", None)
     if section is None:
         return {}
-    keys = ("design", "keep", "sizes", "seed", "full_keep", "min_keep", "crop")
+    keys = ("design", "keep", "sizes", "seed", "full_keep", "min_keep", "crop", "variance_ratio",
+            "shared")
     out = {k: _get(section, k, None) for k in keys}
     unknown = set(section.keys() if hasattr(section, "keys") else ()) - set(keys)
     if unknown:
@@ -206,13 +208,15 @@ class NATSelector:
     ----------
     design : str, default "prefix"
         One of :data:`nat_estimators.rl.DESIGNS` (``"prefix"``, ``"poisson"``,
-        ``"simple_random"``, ``"systematic"``, ``"poisson_proportional"``,
-        ``"systematic_proportional"``).
+        ``"simple_random"``, ``"systematic"``, the ``*_proportional`` and the variance-optimal
+        ``*_optimal`` designs).
     keep : float, default 0.5
         Expected kept fraction :math:`\kappa \in (0, 1]` of each response's tokens; ``1`` keeps
-        every token (weights exactly 1: verl's loss unchanged).
+        every token (weights exactly 1: verl's loss unchanged).  With ``variance_ratio`` the
+        upper bound of the chosen :math:`\kappa`.
     sizes : {"advantage", "entropy", "surprisal"}, optional
-        Size measure of the proportional designs, from old-policy quantities already in the
+        Size measure of the proportional and optimal designs (for the optimal designs, read as
+        a per-token second-moment proxy), from old-policy quantities already in the
         batch: :math:`|A|` (``advantages``), the old policy's entropy (``entropys``, or
         ``nat_old_entropy`` where :class:`NATTrainerMixin` keeps it) or :math:`-\log\pi_{old}`
         (``old_log_probs``).  Floored at :math:`10^{-3}` times their mean so every token keeps
@@ -223,8 +227,16 @@ class NATSelector:
         Prefix only: probability of keeping a whole response (weights are at most
         ``1/full_keep``) and the always-kept leading fraction.
     crop : bool, default True
-        Prefix only: store ``nat_crop_lengths`` so that :meth:`cropped` can shorten the forward
-        pass.
+        Prefix designs only: store ``nat_crop_lengths`` so that :meth:`cropped` can shorten the
+        forward pass.
+    variance_ratio : float, optional
+        :math:`\varepsilon`: choose each step's keep fraction with
+        :class:`~nat_estimators.rl.KappaController` (attribute ``controller``) so that NAT adds
+        about :math:`\varepsilon` times the rollout-sampling variance, from the second-moment
+        proxy :math:`(A\, x)^2` (:math:`x` the ``sizes`` measure or 1; fixed before the draw),
+        :math:`\kappa` between ``max(full_keep, 0.05)`` (prefix; 0.05 otherwise) and ``keep``.
+    shared : bool, default False
+        Optimal designs only: one token budget for the whole batch instead of one per response.
 
     Notes
     -----
@@ -258,6 +270,8 @@ class NATSelector:
         full_keep: float = 0.05,
         min_keep: float = 0.0,
         crop: bool = True,
+        variance_ratio: float | None = None,
+        shared: bool = False,
     ) -> None:
         names = _design_names()
         if design not in names:
@@ -268,21 +282,35 @@ class NATSelector:
             math.isfinite(min_keep) and 0 <= min_keep < 1
         ):
             raise ValueError(f"min_keep must lie in [0, 1), got {min_keep!r}")
-        proportional = design.endswith("_proportional")
-        if proportional and sizes is None:
+        sized = needs_sizes(design)
+        if sized and sizes is None:
             raise ValueError(f"design={design!r} needs sizes, one of {SIZE_SOURCES}")
         if sizes is not None and sizes not in SIZE_SOURCES:
             raise ValueError(f"sizes must be one of {SIZE_SOURCES}, got {sizes!r}")
-        if sizes is not None and not proportional:
-            raise ValueError(f"sizes is only used by the proportional designs, not {design!r}")
+        if sizes is not None and not sized:
+            raise ValueError(
+                f"sizes is only used by the proportional and optimal designs, not {design!r}")
+        if not isinstance(shared, bool):
+            raise ValueError(f"shared must be a bool, got {shared!r}")
+        if shared and not design.endswith("_optimal"):
+            raise ValueError(
+                f"shared=True (one token budget for the batch) needs a variance-optimal design "
+                f"(*_optimal), not {design!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if not isinstance(crop, bool):
             raise ValueError(f"crop must be a bool, got {crop!r}")
         self.design, self.sizes, self.seed = design, sizes, seed
         self.full_keep, self.min_keep = float(full_keep), float(min_keep)
-        self.crop = crop and design == "prefix"
+        self.crop = crop and design.startswith("prefix")
+        self.shared = shared
         self.generator = torch.Generator().manual_seed(seed)
+        self.controller: KappaController | None = None
+        if variance_ratio is not None:
+            lo = max(self.full_keep, 0.05) if design.startswith("prefix") else 0.05
+            self.controller = KappaController(
+                epsilon=variance_ratio, kappa_min=min(lo, self.keep), kappa_max=self.keep,
+                design=design, full_keep=self.full_keep, min_keep=self.min_keep, shared=shared)
 
     def __repr__(self) -> str:
         return (f"NATSelector(design={self.design!r}, keep={self.keep}, sizes={self.sizes!r}, "
@@ -340,9 +368,17 @@ class NATSelector:
         """
         td = self._fields(batch)
         mask = td["response_mask"].bool()
+        sizes = self._size_measure(td, mask)
+        keep = self.keep
+        if self.controller is not None:
+            adv = td["advantages"].detach().to(torch.float64)
+            adv = adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv
+            x = torch.ones_like(adv) if sizes is None else sizes.to(torch.float64)
+            m2 = torch.where(mask, (adv * x) ** 2, torch.zeros_like(adv))
+            keep = self.controller.kappa(mask, m2, sizes=sizes)
         sel = select_tokens(
-            mask, self.design, self.keep, sizes=self._size_measure(td, mask),
-            generator=self.generator, full_keep=self.full_keep, min_keep=self.min_keep,
+            mask, self.design, keep, sizes=sizes, generator=self.generator,
+            full_keep=self.full_keep, min_keep=self.min_keep, shared=self.shared,
         )
         td["nat_weights"] = sel.weights
         if self.crop:

@@ -25,8 +25,8 @@ model's second moments; :math:`V_\pi(\sqrt m)` is :func:`~nat_estimators.design_
 scalars :math:`\sqrt{m}`) and the expected :math:`\sum_i \|G_i\|^2` of the row gradients
 :math:`G_i = \sum_t g_{it}` — the rollout-sampling variance of the full-token gradient when its
 mean is small beside its spread (policy-gradient noise).  :math:`\hat V_{\text{NAT}}` decreases
-in :math:`\kappa`; the equation is solved by bisection and :math:`\kappa` clipped to
-:math:`[\kappa_{\min}, \kappa_{\max}]`.
+in :math:`\kappa`; the equation is solved by regula falsi (Illinois) in :math:`1/\kappa` and
+:math:`\kappa` clipped to :math:`[\kappa_{\min}, \kappa_{\max}]`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ from .selection import _build_design, needs_sizes
 __all__ = ["KappaController", "default_second_moment"]
 
 _BISECT = 40
-#: Width of the bisection bracket on kappa before the final interpolation step.
-_KAPPA_TOL = 1e-3
+#: Stop once the predicted ratio is within this relative tolerance of epsilon (far below the
+#: model's own error) ...
+_RATIO_RTOL = 1e-4
+#: ... or the bracket on kappa is this narrow.
+_KAPPA_TOL = 1e-9
 
 
 @dataclass
@@ -188,7 +191,7 @@ class KappaController:
         def ratio(k: float) -> float:
             return self.predicted_ratio(rm, second_moment, k, sizes=sizes)
 
-        r_hi = ratio(hi)
+        r_hi = 0.0 if hi == 1 else ratio(hi)  # keep 1: every token kept, nothing added
         if r_hi >= eps:
             k, r, bound = hi, r_hi, "kappa_max"
         else:
@@ -196,25 +199,33 @@ class KappaController:
             if r_lo <= eps:
                 k, r, bound = lo, r_lo, "kappa_min"
             else:
-                # bisection down to a bracket of width _KAPPA_TOL (each evaluation solves a
-                # design), then one step of regula falsi on log ratio inside it
-                a, b, ra, rb = lo, hi, r_lo, r_hi
+                # Illinois (regula falsi with the stale end's value halved) in x = 1/kappa on
+                # f = ratio / eps - 1: the uncorrelated-token ratio is about proportional to
+                # 1/kappa - 1, so f is nearly linear in x and a handful of design solves
+                # suffice; the root stays bracketed
+                xa, xb = 1 / hi, 1 / lo
+                fa, fb = r_hi / eps - 1, r_lo / eps - 1  # fa < 0 < fb
+                k, r = lo, r_lo
+                side = 0
                 for _ in range(_BISECT):
-                    if b - a <= _KAPPA_TOL:
+                    x = xa - fa * (xb - xa) / (fb - fa)
+                    if not xa < x < xb:
+                        x = 0.5 * (xa + xb)
+                    rc = ratio(1 / x)
+                    fc = rc / eps - 1
+                    k, r = 1 / x, rc
+                    if abs(fc) <= _RATIO_RTOL or 1 / xa - 1 / xb <= _KAPPA_TOL:
                         break
-                    mid = 0.5 * (a + b)
-                    rm_ = ratio(mid)
-                    if rm_ > eps:
-                        a, ra = mid, rm_
+                    if fc < 0:
+                        xa, fa = x, fc
+                        if side == -1:
+                            fb *= 0.5
+                        side = -1
                     else:
-                        b, rb = mid, rm_
-                k, r = b, rb
-                if 0 < rb < eps < ra:
-                    t = math.log(ra / eps) / math.log(ra / rb)
-                    k2 = a + t * (b - a)
-                    r2 = ratio(k2)
-                    if abs(math.log(r2 / eps)) < abs(math.log(r / eps)):
-                        k, r = k2, r2
+                        xb, fb = x, fc
+                        if side == 1:
+                            fa *= 0.5
+                        side = 1
                 bound = ""
         self.history.append({"kappa": k, "ratio": r, "bound": bound,
                              "calibration": self.calibration})
