@@ -12,7 +12,6 @@ import torch
 
 import nat_estimators as nat
 from nat_estimators.demo.models import TinyCausalLM
-from nat_estimators.rl.controller import _RATIO_RTOL as RTOL
 from nat_estimators.rl import (
     DESIGNS,
     GRPOBatch,
@@ -21,6 +20,7 @@ from nat_estimators.rl import (
     default_second_moment,
     grpo_step,
 )
+from nat_estimators.rl.controller import _RATIO_RTOL as RTOL
 
 
 def _mask(seed: int = 0, B: int = 6, T: int = 14) -> torch.Tensor:
