@@ -178,8 +178,9 @@ def _budget_section(result: dict[str, Any], files: dict[str, str]) -> list[str]:
             f"ratio {_f(s[a + '/time_ratio'])} includes solving for κ each step"
             + ("" if math.isnan(s[a + "/control_time_share"]) else
                f" ({_f(100 * s[a + '/control_time_share'], 0)}% of the arm's fwd+bwd time "
-               "on this tiny policy: a few dozen design solves over the batch, independent of "
-               "the model's size)") + ".")
+               "on this tiny policy: 5–8 design solves over the batch per step, each a "
+               "pooled isotonic fit per row and a budget bisection, a cost that does not grow "
+               "with the model)") + ".")
         L.append(
             f"* **Tokens to the target reward {st['target']}** (loss tokens summed until the "
             "5-step moving average of the rollout reward first reaches it, mean over the seeds "
