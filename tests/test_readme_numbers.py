@@ -22,6 +22,7 @@ BENCH = ROOT / "benchmarks" / "results" / "latest.json"
 VALIDATION = ROOT / "validation" / "results" / "report.md"
 TRAINING = ROOT / "benchmarks" / "results" / "training.json"
 ALLOCATION = ROOT / "benchmarks" / "results" / "allocation.json"
+BUDGET = ROOT / "benchmarks" / "results" / "training_budget.json"
 BENCH_PAGE = ROOT / "benchmarks" / "results.md"  # generated from BENCH by benchmarks/report.py
 
 
@@ -81,6 +82,11 @@ def _train(key: str, fmt: str = ".2f") -> str:
     return format(json.loads(TRAINING.read_text())["summary"][key], fmt)
 
 
+def _budget(key: str, fmt: str = ".2f", scale: float = 1.0) -> str:
+    value = json.loads(BUDGET.read_text())["summary"][key]
+    return format(value * scale if scale != 1.0 else value, fmt)
+
+
 OPT_PREFIX = "optimal_prefix_variance_ratio_vs_rpc@0.5"
 OPT_PREFIX_SHARED = "optimal_prefix_shared_variance_ratio_vs_rpc@0.5"
 OPT_POISSON = "optimal_poisson_variance_ratio_vs_urs@0.5"
@@ -126,6 +132,32 @@ PHRASES: list[tuple[str, Callable[[], str]]] = [
     ("training TOST", lambda: f"(TOST p = {_train('prefix@0.5/tost_p')}: not equivalent)"),
     ("training variance", lambda: f"variance is {_train('prefix@0.5/variance_ratio', '.1f')}× the "
                                   "rollout variance"),
+    ("budget variances", lambda: f"adds {_budget('prefix_optimal@0.5/variance_ratio')}× the "
+                                 "rollout variance against "
+                                 f"{_budget('prefix@0.5/variance_ratio')}× for the paper's"),
+    ("budget final gap", lambda: "ends "
+                                 f"{_budget('prefix_optimal@0.5/final_reward_diff', '.3f', -1)} "
+                                 "below full-token training in final reward "
+                                 f"({_budget('prefix_optimal@0.5/final_reward')} against "
+                                 f"{_budget('full/final_reward')}"),
+    ("budget prefix gap", lambda: "fixed prefix cutting's "
+                                  f"{_budget('prefix@0.5/final_reward_diff', '.3f', -1)})"),
+    ("budget controller error", lambda: "pooled variance ratio within ±"
+     f"{_budget('controlled@eps0.25/controller_variance_ratio_error', '.0%')} of ε on every seed"),
+    ("budget controller tokens", lambda: "back-propagating "
+     f"{_budget('controlled@eps0.25/token_ratio')} of the full-token loss tokens"),
+    ("budget controller steps", lambda: "(median deviation "
+     f"{_budget('controlled@eps0.25/controller_step_error_median', '.0%')})"),
+    ("budget measurement noise", lambda: "measured with about "
+     f"{_budget('controlled@eps0.25/controller_measurement_rse', '.0%')} noise"),
+    ("budget tokens to target", lambda: "full-token training needs "
+     f"{_budget('full/loss_tokens_to_target', '.0f', 1e-3)}k loss tokens "
+     f"({_budget('full/reached_target', 'd')}/5 seeds), the optimal cut law "
+     f"{_budget('prefix_optimal@0.5/loss_tokens_to_target', '.0f', 1e-3)}k "
+     f"({_budget('prefix_optimal@0.5/reached_target', 'd')}/5), the controller "
+     f"{_budget('controlled@eps0.25/loss_tokens_to_target', '.0f', 1e-3)}k "
+     f"({_budget('controlled@eps0.25/reached_target', 'd')}/5); fixed prefix cutting at 0.5 "
+     f"never gets there ({_budget('prefix@0.5/reached_target', 'd')}/5)"),
     ("training Poisson", lambda: f"Poisson at 0.5 adds {_train('poisson@0.5/variance_ratio')}× and "
                                  f"ends closer ({_train('poisson@0.5/final_reward')})"),
 ]
