@@ -201,7 +201,7 @@ def test_shared_needs_an_optimal_design() -> None:
     from nat_estimators.rl import select_tokens
 
     m = _mask()
-    with pytest.raises(ValueError, match="only defined for the variance-optimal"):
+    with pytest.raises(ValueError, match="needs a variance-optimal"):
         select_tokens(m, "prefix", 0.5, shared=True)
     with pytest.raises(ValueError, match="_optimal"):
         GRPOConfig(design="poisson", shared=True)

@@ -51,6 +51,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
     ) from _e
 
 from ..rl import DESIGNS, KappaController, Selection, needs_sizes, select_tokens
+from ..rl._checks import check_shared
 from ..rl.selection import _design_names
 from ._common import check_version, floored_sizes
 from ._common import version_tuple as _version_tuple  # noqa: F401 (kept for callers)
@@ -232,13 +233,8 @@ class NATGRPOConfig(GRPOConfig):
                     f"nat_sizes is only used by the proportional designs, not "
                     f"nat_design={self.nat_design!r}; leave it None"
                 )
-        if not isinstance(self.nat_shared, bool):
-            raise ValueError(f"nat_shared must be a bool, got {self.nat_shared!r}")
-        if self.nat_shared and not self.nat_design.endswith("_optimal"):
-            raise ValueError(
-                f"nat_shared=True (one token budget for the batch) needs a variance-optimal "
-                f"design (*_optimal), not nat_design={self.nat_design!r}"
-            )
+        check_shared(self.nat_shared, self.nat_design, name="nat_shared",
+                     design_name="nat_design")
         if self.nat_variance_ratio is not None:
             self._nat_controller()  # validates epsilon and the kappa bounds
         if isinstance(self.nat_seed, bool) or not isinstance(self.nat_seed, int):

@@ -52,7 +52,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
     ) from _e
 
 from ..rl import KappaController, Selection, needs_sizes, select_tokens
-from ..rl._checks import check_fraction
+from ..rl._checks import check_fraction, check_shared
 from ..rl.batching import crop_mask
 from ..rl.selection import _design_names
 from ._common import check_version, floored_sizes
@@ -290,12 +290,7 @@ class NATSelector:
         if sizes is not None and not sized:
             raise ValueError(
                 f"sizes is only used by the proportional and optimal designs, not {design!r}")
-        if not isinstance(shared, bool):
-            raise ValueError(f"shared must be a bool, got {shared!r}")
-        if shared and not design.endswith("_optimal"):
-            raise ValueError(
-                f"shared=True (one token budget for the batch) needs a variance-optimal design "
-                f"(*_optimal), not {design!r}")
+        check_shared(shared, design)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if not isinstance(crop, bool):

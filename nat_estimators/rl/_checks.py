@@ -22,10 +22,24 @@ __all__ = [
     "check_fraction",
     "check_positive_number",
     "check_same_shape",
+    "check_shared",
     "check_weight_dtype",
 ]
 
 _WEIGHT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_shared(shared: Any, design: Any, *, name: str = "shared",
+                 design_name: str = "design") -> None:
+    """``shared`` (one token budget for the whole batch) is a bool, True only with a
+    variance-optimal design (``*_optimal``)."""
+    if not isinstance(shared, bool):
+        raise ValueError(f"{name} must be a bool, got {shared!r}")
+    if shared and not (isinstance(design, str) and design.endswith("_optimal")):
+        raise ValueError(
+            f"{name}=True (one token budget for the whole batch) needs a variance-optimal "
+            f"design (*_optimal), not {design_name}={design!r}"
+        )
 
 
 def check_2d(x: Any, name: str) -> torch.Tensor:

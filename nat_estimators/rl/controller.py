@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from .. import design_variance
-from ._checks import check_same_shape
+from ._checks import check_same_shape, check_shared
 from .selection import _build_design, needs_sizes
 
 __all__ = ["KappaController", "default_second_moment"]
@@ -124,12 +124,7 @@ class KappaController:
             raise ValueError(f"calibration must be > 0, got {self.calibration}")
         if not 0 <= self.coherence <= 1:
             raise ValueError(f"coherence must lie in [0, 1], got {self.coherence}")
-        if not isinstance(self.shared, bool):
-            raise ValueError(f"shared must be a bool, got {self.shared!r}")
-        if self.shared and not self.design.endswith("_optimal"):
-            raise ValueError(
-                f"shared=True needs a variance-optimal design (*_optimal), got {self.design!r}"
-            )
+        check_shared(self.shared, self.design)
         self._log_ratios: list[float] = []
         # the design name, and the prefix floor at kappa_min (keep >= full_keep), checked once
         _build_design(torch.ones(1, 20, dtype=torch.bool), self.design, self.kappa_min,

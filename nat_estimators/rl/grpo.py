@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ._checks import as_bool_mask, check_2d, check_fraction, check_same_shape
+from ._checks import as_bool_mask, check_2d, check_fraction, check_same_shape, check_shared
 from .batching import MicroBatch, PackPlan, crop_mask, pack_rows
 from .heads import token_logprobs
 from .loss import _SEQ_LEVEL_MSG, agg_loss, resolve_mode
@@ -158,13 +158,7 @@ class GRPOConfig:
         if self.design not in (names := _design_names()):
             raise ValueError(f"design must be one of {names}, got {self.design!r}")
         check_fraction(self.keep, "keep")
-        if not isinstance(self.shared, bool):
-            raise ValueError(f"shared must be a bool, got {self.shared!r}")
-        if self.shared and not self.design.endswith("_optimal"):
-            raise ValueError(
-                f"shared=True (one token budget for the whole batch) needs a variance-optimal "
-                f"design (*_optimal), got design={self.design!r}"
-            )
+        check_shared(self.shared, self.design)
         if self.normalizer not in ("ht", "hajek"):
             raise ValueError(f"normalizer must be 'ht' or 'hajek', got {self.normalizer!r}")
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.clip_low < 0 or self.clip_high < 0:

@@ -25,7 +25,13 @@ from .._design import Design
 from .._validation import trusted
 from ..estimators import ht_weights
 from ..inclusion import _capped_probabilities
-from ._checks import as_bool_mask, check_fraction, check_same_shape, check_weight_dtype
+from ._checks import (
+    as_bool_mask,
+    check_fraction,
+    check_same_shape,
+    check_shared,
+    check_weight_dtype,
+)
 
 __all__ = ["DESIGNS", "Selection", "needs_sizes", "select_tokens"]
 
@@ -226,13 +232,7 @@ def _build_design(
     kappa = check_fraction(keep, "keep")
     proportional = design.endswith(_PROPORTIONAL)
     optimal = design.endswith(_OPTIMAL)
-    if not isinstance(shared, bool):
-        raise TypeError(f"shared must be a bool, got {type(shared).__name__}")
-    if shared and not optimal:
-        raise ValueError(
-            f"shared=True (one token budget for the whole batch) is only defined for the "
-            f"variance-optimal designs (*_optimal), not {design!r}"
-        )
+    check_shared(shared, design)
     if proportional or optimal:
         if sizes is None:
             raise ValueError(f"design={design!r} needs sizes= (per-token size measures)")
