@@ -52,6 +52,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 
 from ..rl import DESIGNS, KappaController, Selection, needs_sizes, select_tokens
 from ..rl._checks import check_shared
+from ..rl.controller import _advantage_moment
 from ..rl.selection import _design_names
 from ._common import check_version, floored_sizes
 from ._common import version_tuple as _version_tuple  # noqa: F401 (kept for callers)
@@ -403,10 +404,7 @@ class NATGRPOTrainer(GRPOTrainer):
         if a.nat_variance_ratio is not None:
             if getattr(self, "_nat_kappa", None) is None:
                 self._nat_kappa = a._nat_controller()
-            adv = out["advantages"].detach().to(torch.float64)
-            adv = adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv
-            x = torch.ones_like(adv) if sizes is None else sizes.to(torch.float64)
-            m2 = torch.where(mask, (adv * x) ** 2, torch.zeros_like(adv))
+            m2 = _advantage_moment(mask, out["advantages"], sizes)
             keep = self._nat_kappa.kappa(mask, m2, sizes=sizes)
         return select_tokens(
             mask, design, keep, sizes=sizes,

@@ -54,6 +54,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 from ..rl import KappaController, Selection, needs_sizes, select_tokens
 from ..rl._checks import check_fraction, check_shared
 from ..rl.batching import crop_mask
+from ..rl.controller import _advantage_moment
 from ..rl.selection import _design_names
 from ._common import check_version, floored_sizes
 
@@ -366,10 +367,7 @@ class NATSelector:
         sizes = self._size_measure(td, mask)
         keep = self.keep
         if self.controller is not None:
-            adv = td["advantages"].detach().to(torch.float64)
-            adv = adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv
-            x = torch.ones_like(adv) if sizes is None else sizes.to(torch.float64)
-            m2 = torch.where(mask, (adv * x) ** 2, torch.zeros_like(adv))
+            m2 = _advantage_moment(mask, td["advantages"], sizes)
             keep = self.controller.kappa(mask, m2, sizes=sizes)
         sel = select_tokens(
             mask, self.design, keep, sizes=sizes, generator=self.generator,

@@ -340,9 +340,15 @@ def default_second_moment(batch: Any) -> torch.Tensor:
     >>> default_second_moment(b).tolist()
     [[0.0, 1.0, 4.0]]
     """
-    rm = batch.response_mask.bool()
-    adv = batch.advantages.detach().to(torch.float64)
-    a = adv[:, None].expand(rm.shape) if adv.dim() == 1 else adv
-    x = getattr(batch, "sizes", None)
-    x = torch.ones_like(a) if x is None else x.detach().to(torch.float64)
-    return torch.where(rm, (a * x) ** 2, torch.zeros_like(a))
+    return _advantage_moment(batch.response_mask.bool(), batch.advantages,
+                             getattr(batch, "sizes", None))
+
+
+def _advantage_moment(mask: torch.Tensor, advantages: torch.Tensor,
+                      sizes: torch.Tensor | None) -> torch.Tensor:
+    """:math:`(A_{it} x_{it})^2` on ``mask`` (float64, 0 elsewhere): advantages per row or per
+    token, sizes ``x`` or 1."""
+    adv = advantages.detach().to(torch.float64)
+    a = adv[:, None].expand(mask.shape) if adv.dim() == 1 else adv
+    x = torch.ones_like(a) if sizes is None else sizes.detach().to(torch.float64)
+    return torch.where(mask, (a * x) ** 2, torch.zeros_like(a))
